@@ -1,0 +1,181 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The model zoo: one table that maps each model name to everything needed to run it.
+
+Normalisation, test size, protocol, output stride, checkpoint URL/sha256/size and key adapter all
+live here, so the engine, the CLIs and the node never hard-code a model's quirks.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from cityseg_ros.errors import ZooError
+
+__all__ = ['WeightsFile', 'ModelSpec', 'ZOO', 'get_spec', 'build_model', 'model_names']
+
+# ImageNet statistics on the 0..255 scale (torchvision / timm defaults, times 255).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+StateDict = Mapping[str, torch.Tensor]
+KeyAdapter = Callable[[StateDict], dict]
+
+
+def identity_adapter(state_dict: StateDict) -> dict:
+    """Keep a flat checkpoint as it is."""
+    return dict(state_dict)
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One released checkpoint of a zoo model.
+
+    Attributes:
+        filename: name of the released file; also how a local path is recognised.
+        url: where ``fetch_weights`` downloads it from.
+        sha256: hex digest, or None when not yet known (recorded on first download).
+        size: bytes, or None when unknown.
+        model_kwargs: builder arguments this file needs (e.g. ESPNetv2's width ``s``).
+        test_size: (H, W) the file was trained for, when it differs from the spec's.
+        score: published mIoU of this file, in percent, and its protocol.
+    """
+
+    filename: str
+    url: str
+    sha256: Optional[str] = None
+    size: Optional[int] = None
+    model_kwargs: Mapping[str, object] = field(default_factory=dict)
+    test_size: Optional[tuple[int, int]] = None
+    score: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the package knows about one model name.
+
+    Attributes:
+        name: zoo name (a contract, see DESIGN.md).
+        builder: ``builder(**kwargs) -> nn.Module`` returning the network with random weights.
+        num_classes: channels the head outputs; only the first 19 are Cityscapes trainIds.
+        mean, std: per-channel normalisation on the 0..255 RGB scale.
+        test_size: (H, W) the image is resized to before the forward pass.
+        keep_ratio: resize so the image fits ``test_size`` keeping its aspect ratio (mmseg
+            'whole' / HRNet protocol) instead of resizing to exactly ``test_size``.
+        align_corners: how logits are upsampled back to the network input size.
+        output_stride: input size / logit size of ``model(x)``.
+        tta_scales: the multi-scale test-time augmentation scales of the published protocol.
+        crop_size: (H, W) largest window the model runs on whole; bigger scales are tiled.
+        weights: released checkpoints; the first is the default.
+        adapter: maps an official checkpoint to this package's state-dict keys.
+        num_params: parameter count of the default build (checked by the tests).
+        paper: published score and its protocol, for the README and benchmark tables.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    test_size: tuple[int, int]
+    keep_ratio: bool
+    align_corners: bool
+    output_stride: int
+    tta_scales: tuple[float, ...] = (1.0,)
+    crop_size: Optional[tuple[int, int]] = None
+    weights: tuple[WeightsFile, ...] = ()
+    adapter: KeyAdapter = identity_adapter
+    num_params: Optional[int] = None
+    paper: str = ''
+
+    def weights_for(self, path_or_name: Optional[str]) -> Optional[WeightsFile]:
+        """The released file a local path refers to (by file name), the default for None."""
+        if path_or_name is None:
+            return self.weights[0] if self.weights else None
+        base = str(path_or_name).replace('\\', '/').rsplit('/', 1)[-1]
+        for wf in self.weights:
+            if wf.filename == base:
+                return wf
+        return None
+
+
+def _espnetv2(**kwargs) -> nn.Module:
+    from cityseg_ros.models.espnetv2 import espnetv2_city
+    return espnetv2_city(**kwargs)
+
+
+_ESPNET_URL = ('https://github.com/sacmehta/EdgeNets/raw/master/model/segmentation/model_zoo/'
+               'espnetv2/')
+
+ZOO: dict[str, ModelSpec] = {
+    'espnetv2': ModelSpec(
+        name='espnetv2',
+        builder=_espnetv2,
+        # Channel 19 is EdgeNets' "background" class, never trained on Cityscapes.
+        num_classes=20,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        test_size=(512, 1024),
+        keep_ratio=False,
+        align_corners=True,
+        output_stride=2,
+        weights=(
+            WeightsFile(
+                'espnetv2_s_2.0_city_1024x512.pth', _ESPNET_URL + 'espnetv2_s_2.0_city_1024x512.pth',
+                sha256='a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8',
+                size=3376094, model_kwargs={'s': 2.0}, score='66.4 val, single scale 1024x512'),
+            WeightsFile(
+                'espnetv2_s_2.0_city_512x256.pth', _ESPNET_URL + 'espnetv2_s_2.0_city_512x256.pth',
+                sha256='6b6f26b567c82bb4d6624387f24ed505613edafad19222e1707993fbe0d1d8f6',
+                size=3376094, model_kwargs={'s': 2.0}, test_size=(256, 512)),
+            WeightsFile(
+                'espnetv2_s_0.5_city_512x256.pth', _ESPNET_URL + 'espnetv2_s_0.5_city_512x256.pth',
+                sha256='63e398dec148f63c8ad117497864f99f021926b347fd4ee608036c36041e7f36',
+                size=469319, model_kwargs={'s': 0.5}, test_size=(256, 512)),
+        ),
+        paper='ESPNetv2 (Mehta et al., CVPR 2019): 66.4 val mIoU at 1024x512, s=2.0',
+    ),
+}
+
+
+def model_names() -> list[str]:
+    """The zoo's model names, sorted."""
+    return sorted(ZOO)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look up a zoo entry; raises ZooError listing the valid names."""
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise ZooError(f'unknown model {name!r}; choose one of: {", ".join(model_names())}') from None
+
+
+def build_model(name: str, weights_file: Optional[WeightsFile] = None) -> nn.Module:
+    """Build a zoo model with random weights, in eval mode.
+
+    Args:
+        name: zoo name.
+        weights_file: a released file whose ``model_kwargs`` select the variant (e.g. width);
+            the spec's default file when None.
+    """
+    spec = get_spec(name)
+    wf = weights_file or spec.weights_for(None)
+    model = spec.builder(**(dict(wf.model_kwargs) if wf else {}))
+    model.output_stride = spec.output_stride
+    model.zoo_name = name
+    return model.eval()

@@ -1,0 +1,54 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Shared fixtures. ROS discovery is pinned to this machine before anything imports rclpy."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before any rclpy.init: DDS traffic never leaves the host, on a test-only domain.
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_LOCALHOST_ONLY'] = '1'
+os.environ.setdefault('ROS_DOMAIN_ID', '87')
+os.environ.setdefault('AMENT_PREFIX_PATH', os.environ.get('VIRTUAL_ENV', ''))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+
+
+def _shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f'{path} is absent: ../shared (data, weights, reference) is not beside the repo')
+    return path
+
+
+@pytest.fixture(scope='session')
+def shared():
+    """Return a function that resolves a path under ../shared, skipping the test if absent."""
+    return _shared_path
+
+
+@pytest.fixture(scope='session')
+def cityscapes_root():
+    """The real Cityscapes frames (8 train frames with fine GT, one val stereo pair)."""
+    return _shared_path('data', 'cityscapes')
+
+
+@pytest.fixture(scope='session')
+def espnetv2_weights():
+    """The official ESPNetv2 s=2.0 1024x512 Cityscapes checkpoint."""
+    return _shared_path('data', 'weights', 'espnetv2', 'espnetv2_s_2.0_city_1024x512.pth')
