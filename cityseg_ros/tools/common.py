@@ -1,0 +1,46 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""What every command-line tool shares: one error line and exit code 2 for bad input."""
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from cityseg_ros.errors import CitysegError
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # argparse's own code for usage errors
+
+
+def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
+            run: Callable[[argparse.Namespace], int],
+            argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, call ``run`` and turn our errors into one stderr line and exit code 2.
+
+    Only :class:`CitysegError` is caught: anything else is a bug and keeps its traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO,
+                        format='%(levelname)s %(name)s: %(message)s')
+    try:
+        return run(args)
+    except CitysegError as exc:
+        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f'{parser.prog}: interrupted', file=sys.stderr)
+        return 130
