@@ -39,7 +39,12 @@ EXTRAS = {
         'ros-jazzy-rclpy', 'ros-jazzy-sensor-msgs', 'ros-jazzy-std-msgs',
         'ros-jazzy-stereo-msgs', 'ros-jazzy-diagnostic-msgs', 'ros-jazzy-rmw-fastrtps-cpp',
     ],
-    'test': ['pytest>=7', 'cityscapesscripts==2.3.0', 'flake8>=6', 'pydocstyle>=6'],
+    # flake8 with the plugins ament_flake8 runs, so `pytest` lints like `colcon test`.
+    'test': [
+        'pytest>=7', 'cityscapesscripts==2.3.0', 'pydocstyle>=6', 'flake8>=6',
+        'flake8-builtins', 'flake8-comprehensions', 'flake8-docstrings',
+        'flake8-import-order', 'flake8-quotes',
+    ],
 }
 SCRIPTS = ['segment_node=cityseg_ros.ros.node:main'] + [
     f'{tool}=cityseg_ros.tools.{tool}:main'

@@ -37,3 +37,7 @@ class ImageError(CitysegError):
 
 class BagError(CitysegError):
     """A rosbag2 cannot be read or lacks a topic the caller asked for."""
+
+
+class ConfigError(CitysegError):
+    """An option value that cannot work: unknown device, fp16 on CPU, bad input size."""

@@ -34,7 +34,7 @@ class Label(NamedTuple):
     """One row of the official table."""
 
     name: str
-    id: int
+    label_id: int
     train_id: int
     category: str
     cat_id: int
@@ -84,7 +84,8 @@ LABELS: tuple[Label, ...] = (
 NUM_CLASSES = 19
 IGNORE_ID = 255
 
-_TRAIN_LABELS = sorted((lb for lb in LABELS if 0 <= lb.train_id < IGNORE_ID), key=lambda lb: lb.train_id)
+_TRAIN_LABELS = sorted((lb for lb in LABELS if 0 <= lb.train_id < IGNORE_ID),
+                       key=lambda lb: lb.train_id)
 
 #: Class names in trainId order (index = trainId).
 CLASS_NAMES: tuple[str, ...] = tuple(lb.name for lb in _TRAIN_LABELS)
@@ -105,10 +106,10 @@ def _lut(pairs, fill: int) -> np.ndarray:
 
 
 #: uint8[256]: labelId -> trainId (255 for ignored and unknown ids).
-ID_TO_TRAINID = _lut(((lb.id, lb.train_id) for lb in LABELS if lb.id >= 0), IGNORE_ID)
+ID_TO_TRAINID = _lut(((lb.label_id, lb.train_id) for lb in LABELS if lb.label_id >= 0), IGNORE_ID)
 
 #: uint8[256]: trainId -> labelId (0 = unlabeled for 255 and anything else).
-TRAINID_TO_ID = _lut(((lb.train_id, lb.id) for lb in _TRAIN_LABELS), 0)
+TRAINID_TO_ID = _lut(((lb.train_id, lb.label_id) for lb in _TRAIN_LABELS), 0)
 
 #: uint8[256]: trainId -> catId - 1 (0..6), 255 for ignore.
 TRAINID_TO_CATID = _lut(((lb.train_id, lb.cat_id - 1) for lb in _TRAIN_LABELS), IGNORE_ID)

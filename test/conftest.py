@@ -32,7 +32,8 @@ SHARED = REPO.parent / 'shared'
 def _shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f'{path} is absent: ../shared (data, weights, reference) is not beside the repo')
+        pytest.skip(f'{path} is absent: ../shared (data, weights, reference) is not '
+                    'beside the repo')
     return path
 
 
@@ -44,11 +45,11 @@ def shared():
 
 @pytest.fixture(scope='session')
 def cityscapes_root():
-    """The real Cityscapes frames (8 train frames with fine GT, one val stereo pair)."""
+    """Return the real Cityscapes frames (8 train frames with fine GT, one val stereo pair)."""
     return _shared_path('data', 'cityscapes')
 
 
 @pytest.fixture(scope='session')
 def espnetv2_weights():
-    """The official ESPNetv2 s=2.0 1024x512 Cityscapes checkpoint."""
+    """Return the official ESPNetv2 s=2.0 1024x512 Cityscapes checkpoint."""
     return _shared_path('data', 'weights', 'espnetv2', 'espnetv2_s_2.0_city_1024x512.pth')

@@ -18,7 +18,7 @@ from cityseg_ros.models.zoo import build_model, get_spec, model_names, ModelSpec
 
 
 def load_checkpoint(model, path):
-    """Load an official checkpoint strictly (see :func:`cityseg_ros.checkpoints.load_checkpoint`)."""
+    """Load an official checkpoint strictly (:func:`cityseg_ros.checkpoints.load_checkpoint`)."""
     from cityseg_ros.checkpoints import load_checkpoint as _load
     return _load(model, path)
 

@@ -21,10 +21,9 @@ live here, so the engine, the CLIs and the node never hard-code a model's quirks
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
+from cityseg_ros.errors import ZooError
 import torch
 from torch import nn
-
-from cityseg_ros.errors import ZooError
 
 __all__ = ['WeightsFile', 'ModelSpec', 'ZOO', 'get_spec', 'build_model', 'model_names']
 
@@ -79,6 +78,10 @@ class ModelSpec:
         align_corners: how logits are upsampled back to the network input size.
         output_stride: input size / logit size of ``model(x)``.
         tta_scales: the multi-scale test-time augmentation scales of the published protocol.
+        tta_merge: how augmented passes are combined: 'logits' (mean of logits), 'exp' (sum
+            of exp(logits), HRNet's test code) or 'softmax' (mean of probabilities, mmseg).
+        size_divisor: network input sides are rounded to a multiple of this (the stride the
+            architecture needs so encoder and decoder feature maps line up).
         crop_size: (H, W) largest window the model runs on whole; bigger scales are tiled.
         weights: released checkpoints; the first is the default.
         adapter: maps an official checkpoint to this package's state-dict keys.
@@ -96,6 +99,8 @@ class ModelSpec:
     align_corners: bool
     output_stride: int
     tta_scales: tuple[float, ...] = (1.0,)
+    tta_merge: str = 'logits'
+    size_divisor: int = 1
     crop_size: Optional[tuple[int, int]] = None
     weights: tuple[WeightsFile, ...] = ()
     adapter: KeyAdapter = identity_adapter
@@ -103,7 +108,7 @@ class ModelSpec:
     paper: str = ''
 
     def weights_for(self, path_or_name: Optional[str]) -> Optional[WeightsFile]:
-        """The released file a local path refers to (by file name), the default for None."""
+        """Return the released file a local path refers to (by file name); None: the default."""
         if path_or_name is None:
             return self.weights[0] if self.weights else None
         base = str(path_or_name).replace('\\', '/').rsplit('/', 1)[-1]
@@ -133,9 +138,13 @@ ZOO: dict[str, ModelSpec] = {
         keep_ratio=False,
         align_corners=True,
         output_stride=2,
+        # EdgeNets publishes no multi-scale protocol: these scales are ours.
+        tta_scales=(0.75, 1.0, 1.25),
+        size_divisor=32,
         weights=(
             WeightsFile(
-                'espnetv2_s_2.0_city_1024x512.pth', _ESPNET_URL + 'espnetv2_s_2.0_city_1024x512.pth',
+                'espnetv2_s_2.0_city_1024x512.pth',
+                _ESPNET_URL + 'espnetv2_s_2.0_city_1024x512.pth',
                 sha256='a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8',
                 size=3376094, model_kwargs={'s': 2.0}, score='66.4 val, single scale 1024x512'),
             WeightsFile(
@@ -153,7 +162,7 @@ ZOO: dict[str, ModelSpec] = {
 
 
 def model_names() -> list[str]:
-    """The zoo's model names, sorted."""
+    """Return the zoo's model names, sorted."""
     return sorted(ZOO)
 
 
@@ -162,7 +171,8 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return ZOO[name]
     except KeyError:
-        raise ZooError(f'unknown model {name!r}; choose one of: {", ".join(model_names())}') from None
+        valid = ', '.join(model_names())
+        raise ZooError(f'unknown model {name!r}; choose one of: {valid}') from None
 
 
 def build_model(name: str, weights_file: Optional[WeightsFile] = None) -> nn.Module:

@@ -1,0 +1,310 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Segmenter: RGB uint8 images in, trainId maps out, for every zoo model.
+
+The one inference path shared by the node, the evaluator, the CLIs and the benchmarks. All
+model-specific choices (normalisation, test size, upsampling, TTA protocol) come from the zoo's
+:class:`~cityseg_ros.models.zoo.ModelSpec`; preprocessing and postprocessing run on the model's
+device so a GPU is not starved by CPU-side resizing.
+"""
+
+from dataclasses import dataclass
+import logging
+import math
+import time
+from typing import Optional, Sequence
+
+from cityseg_ros.errors import ConfigError, ImageError
+from cityseg_ros.labels import NUM_CLASSES
+from cityseg_ros.models.zoo import build_model, get_spec, ModelSpec
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ['Prediction', 'Segmenter', 'resolve_device', 'PRECISIONS', 'TTA_MODES',
+           'MIN_IMAGE_SIDE']
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+TTA_MODES = ('none', 'flip', 'multiscale')
+#: Smaller images carry no usable content at any model's stride: rejected, not guessed at.
+MIN_IMAGE_SIDE = 16
+_AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        labels: HxW uint8 trainIds (0..18) at the input image's size.
+        confidence: HxW uint8, max softmax probability x 255, or None when not requested.
+    """
+
+    labels: np.ndarray
+    confidence: Optional[np.ndarray] = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn 'auto', 'cpu', 'cuda' or 'cuda:N' into a usable device, or raise ConfigError."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f'unknown device {device!r}; use auto, cpu, cuda or cuda:N') from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ConfigError(f'device {device!r} requested but CUDA is not available; '
+                              'use --device cpu (or auto)')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f'device {device!r} does not exist: '
+                              f'{torch.cuda.device_count()} CUDA device(s) visible')
+    elif dev.type != 'cpu':
+        raise ConfigError(f'unsupported device {device!r}; use auto, cpu, cuda or cuda:N')
+    return dev
+
+
+def _round_up(value: float, divisor: int) -> int:
+    return max(divisor, int(math.ceil(value / divisor)) * divisor)
+
+
+def _check_image(index: int, image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f'image {index} is a {type(image).__name__}, expected an HxWx3 '
+                         'uint8 numpy array')
+    if image.dtype != np.uint8:
+        raise ImageError(f'image {index} has dtype {image.dtype}; only 8-bit images are '
+                         'supported (convert 16-bit or float images to uint8 RGB first)')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f'image {index} has shape {image.shape}; expected HxWx3 RGB')
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ImageError(f'image {index} is {image.shape[1]}x{image.shape[0]} pixels; the '
+                         f'smallest accepted side is {MIN_IMAGE_SIDE} px')
+
+
+class Segmenter:
+    """Run a zoo model on batches of RGB images.
+
+    Args:
+        model: zoo name, e.g. ``'espnetv2'``.
+        weights: checkpoint path, ``'auto'`` (the default file in the cache) or None (random
+            weights: only useful for tests and timing; logged as a warning).
+        device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+        precision: ``'fp32'``, ``'bf16'`` (autocast) or ``'fp16'`` (autocast, CUDA only).
+        tta: ``'none'``, ``'flip'`` or ``'multiscale'`` (the model's scales, each flipped).
+        input_size: (H, W) network input size overriding the model's test size.
+        channels_last: NHWC memory format; default: on for CUDA, off for CPU (measured in
+            ``benchmark``; it is slower for ESPNetv2's grouped convolutions on CPU).
+    """
+
+    def __init__(self, model: str, weights: Optional[str] = None, device: str = 'auto',
+                 precision: str = 'fp32', tta: str = 'none',
+                 input_size: Optional[Sequence[int]] = None,
+                 channels_last: Optional[bool] = None) -> None:
+        from cityseg_ros.checkpoints import load_checkpoint, resolve_weights
+
+        self.spec: ModelSpec = get_spec(model)
+        if precision not in PRECISIONS:
+            raise ConfigError(f'unknown precision {precision!r}; use one of {PRECISIONS}')
+        if tta not in TTA_MODES:
+            raise ConfigError(f'unknown tta {tta!r}; use one of {TTA_MODES}')
+        self.device = resolve_device(device)
+        if precision == 'fp16' and self.device.type != 'cuda':
+            raise ConfigError('precision fp16 needs a CUDA device; on CPU use bf16 or fp32')
+        self.precision = precision
+        self.tta = tta
+
+        path = resolve_weights(self.spec, weights)
+        self.weights_file = self.spec.weights_for(str(path) if path else None)
+        self.net = build_model(self.spec.name, self.weights_file)
+        if path is None:
+            logger.warning('%s runs with RANDOM (untrained) weights: its labels are '
+                           'meaningless. Pass weights (a file or auto).', self.spec.name)
+        else:
+            load_checkpoint(self.net, path)
+        self.weights_path = path
+
+        size = input_size or (self.weights_file.test_size if self.weights_file and
+                              self.weights_file.test_size else self.spec.test_size)
+        if len(size) != 2 or min(size) < MIN_IMAGE_SIDE:
+            raise ConfigError(f'input size {tuple(size)} is not a valid (H, W)')
+        div = self.spec.size_divisor
+        self.input_size = (_round_up(size[0], div), _round_up(size[1], div))
+        if self.input_size != tuple(size):
+            logger.info('input size %s rounded to %s (multiple of %d for %s)', tuple(size),
+                        self.input_size, div, self.spec.name)
+
+        self.channels_last = (self.device.type == 'cuda') if channels_last is None \
+            else channels_last
+        self._memory_format = (torch.channels_last if self.channels_last
+                               else torch.contiguous_format)
+        self.net.to(self.device, memory_format=self._memory_format)
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(self.spec.mean, device=self.device).view(shape)
+        self._inv_std = 1.0 / torch.tensor(self.spec.std, device=self.device).view(shape)
+        logger.info('%s on %s, %s, tta=%s, input %dx%d, weights %s', self.spec.name,
+                    self.device, precision, tta, self.input_size[1], self.input_size[0],
+                    path or 'random')
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list:
+        """Segment RGB images; return HxW uint8 trainId maps (see :meth:`predict`)."""
+        return [p.labels for p in self.predict(images)]
+
+    def predict(self, images: Sequence[np.ndarray], confidence: bool = False) -> list:
+        """Segment a batch of images.
+
+        Args:
+            images: HxWx3 uint8 RGB arrays; sizes may differ (same-size images share a batch).
+            confidence: also return max softmax probability maps.
+
+        Returns:
+            One :class:`Prediction` per image, labels at the image's own size.
+        """
+        for i, image in enumerate(images):
+            _check_image(i, image)
+        results: list = [None] * len(images)
+        groups: dict = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(i)
+        for indices in groups.values():
+            batch = [images[i] for i in indices]
+            for i, pred in zip(indices, self._predict_same_size(batch, confidence)):
+                results[i] = pred
+        return results
+
+    def warmup(self, batch_size: int = 1, iterations: int = 2,
+               image_size: Optional[Sequence[int]] = None) -> float:
+        """Run a few passes so lazy initialisation and kernel selection leave the hot path.
+
+        Returns:
+            Milliseconds of the last pass.
+        """
+        h, w = image_size or self.input_size
+        dummy = [np.zeros((h, w, 3), np.uint8)] * batch_size
+        elapsed = 0.0
+        for _ in range(iterations):
+            start = time.perf_counter()
+            self.predict(dummy)
+            elapsed = (time.perf_counter() - start) * 1e3
+        return elapsed
+
+    def close(self) -> None:
+        """Free the network (and its GPU memory)."""
+        self.net = None
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Stack same-size uint8 HxWx3 images into a normalised N,3,h,w tensor on the device."""
+        host = torch.from_numpy(np.stack(images))
+        if self.device.type == 'cuda':
+            host = host.pin_memory()
+        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != self.input_size:
+            # antialias: EdgeNets/PIL and mmseg resize with a filter wide enough for
+            # downscaling; without it a 2048->1024 resize aliases.
+            x = F.interpolate(x, size=self.input_size, mode='bilinear', align_corners=False,
+                              antialias=True)
+        x = (x - self._mean) * self._inv_std
+        return x.contiguous(memory_format=self._memory_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Network logits for a normalised batch, upsampled to the input size, 19 classes."""
+        with self._autocast():
+            logits = self.net(x)
+        logits = logits[:, :NUM_CLASSES].float()
+        return F.interpolate(logits, size=x.shape[-2:], mode='bilinear',
+                             align_corners=self.spec.align_corners)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores for a normalised batch with the configured TTA, at the input size.
+
+        The scores are logits for ``tta='none'``; with TTA they are merged as the model's
+        protocol says (``spec.tta_merge``). Argmax gives the labels either way.
+        """
+        scales = self.spec.tta_scales if self.tta == 'multiscale' else (1.0,)
+        flips = (False, True) if self.tta in ('flip', 'multiscale') else (False,)
+        if scales == (1.0,) and flips == (False,):
+            return self.forward(x)
+        size = x.shape[-2:]
+        div = self.spec.size_divisor
+        total = None
+        for scale in scales:
+            xs = x if scale == 1.0 else F.interpolate(
+                x, size=(_round_up(size[0] * scale, div), _round_up(size[1] * scale, div)),
+                mode='bilinear', align_corners=self.spec.align_corners)
+            for flip in flips:
+                out = self.forward(xs.flip(-1) if flip else xs)
+                out = out.flip(-1) if flip else out
+                if out.shape[-2:] != size:
+                    out = F.interpolate(out, size=size, mode='bilinear',
+                                        align_corners=self.spec.align_corners)
+                out = self._merge_term(out)
+                total = out if total is None else total + out
+        return total
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _merge_term(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.spec.tta_merge == 'exp':
+            return logits.exp()
+        if self.spec.tta_merge == 'softmax':
+            return logits.softmax(dim=1)
+        return logits
+
+    def _probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        merged_prob = self.tta != 'none' and self.spec.tta_merge in ('exp', 'softmax')
+        if merged_prob:
+            return scores / scores.sum(dim=1, keepdim=True)
+        return scores.softmax(dim=1)
+
+    def _autocast(self):
+        if self.precision == 'fp32':
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    @torch.inference_mode()
+    def _predict_same_size(self, images: Sequence[np.ndarray], confidence: bool) -> list:
+        height, width = images[0].shape[:2]
+        scores = self.scores(self.preprocess(images))
+        if confidence:
+            conf, labels = self._probabilities(scores).max(dim=1)
+        else:
+            labels = scores.argmax(dim=1)
+        rows, cols = self._nearest_index(scores.shape[-2:], (height, width))
+        labels = labels.to(torch.uint8)[:, rows][:, :, cols].cpu().numpy()
+        if confidence:
+            conf = (conf[:, rows][:, :, cols] * 255.0).round_().to(torch.uint8).cpu().numpy()
+            return [Prediction(lb, cf) for lb, cf in zip(labels, conf)]
+        return [Prediction(lb) for lb in labels]
+
+    def _nearest_index(self, src: Sequence[int], dst: Sequence[int]):
+        """Row/column gather indices of a pixel-centre nearest-neighbour resize src -> dst.
+
+        Same as PIL's NEAREST and cv2's INTER_NEAREST_EXACT, which the reference test scripts
+        use to bring label maps back to the camera size; works for any dtype and device.
+        """
+        def axis(n_src: int, n_dst: int) -> torch.Tensor:
+            idx = ((torch.arange(n_dst, device=self.device) + 0.5) * (n_src / n_dst)).long()
+            return idx.clamp_(max=n_src - 1)
+        return axis(src[0], dst[0]), axis(src[1], dst[1])

@@ -1,0 +1,62 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+from cityseg_ros import render
+from cityseg_ros.labels import CLASS_NAMES, PALETTE
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def labels():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 19, (48, 80), dtype=np.uint8)
+    lab[:5] = 255
+    return lab
+
+
+def test_colorize_uses_the_palette(labels):
+    color = render.colorize(labels)
+    assert color.shape == (48, 80, 3) and color.dtype == np.uint8
+    assert (color == PALETTE[labels]).all()
+    assert (color[:5] == 0).all()
+
+
+def test_colorize_rejects_non_label_arrays():
+    with pytest.raises(ValueError, match='uint8'):
+        render.colorize(np.zeros((4, 4), np.int32))
+
+
+def test_overlay_blends_and_keeps_photo_on_ignored_pixels(labels):
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    out = render.overlay(photo, labels, alpha=0.25)
+    expected = photo * 0.25 + PALETTE[labels] * 0.75
+    assert np.abs(out[5:].astype(float) - expected[5:]).max() <= 1.0
+    assert (out[:5] == photo[:5]).all()
+    assert (render.overlay(photo, labels, alpha=1.0)[5:] == photo[5:]).all()
+
+
+def test_overlay_rejects_size_mismatch_and_bad_alpha(labels):
+    photo = np.zeros((10, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match='differ'):
+        render.overlay(photo, labels)
+    with pytest.raises(ValueError, match='alpha'):
+        render.overlay(np.zeros((48, 80, 3), np.uint8), labels, alpha=1.5)
+
+
+def test_legend_has_a_row_per_class():
+    img = render.legend(row_height=20)
+    assert img.shape[0] == 20 * len(CLASS_NAMES)
+    assert (img[5, 5] == PALETTE[0]).all()
