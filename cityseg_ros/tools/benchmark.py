@@ -1,0 +1,71 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""benchmark: print the performance tables as markdown (numbers, never asserts).
+
+Tables: ``forward`` (model forward per model/precision), plus the tables other modules add
+(render, node, eval, ...). Example: ``benchmark --tables forward render --runs 5``.
+"""
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from cityseg_ros.bench.timing import environment_line
+from cityseg_ros.errors import ConfigError
+from cityseg_ros.models.zoo import model_names
+from cityseg_ros.tools.common import EXIT_OK, run_cli
+
+#: table name -> (module under cityseg_ros.bench, title).
+TABLES = {
+    'forward': ('forward_table', 'Model forward time'),
+    'render': ('render_table', 'Render and message encode per 2048x1024 frame'),
+    'metrics': ('metrics_table', 'Scoring speed against cityscapesscripts'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='benchmark', description=__doc__.splitlines()[0])
+    parser.add_argument('--tables', nargs='+', default=['forward', 'render'],
+                        help=f'tables to print, from: {", ".join(TABLES)}')
+    parser.add_argument('--models', nargs='+', default=['espnetv2'], choices=model_names())
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--runs', type=int, default=5, help='timed runs per row')
+    parser.add_argument('--batch-size', type=int, default=1)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [t for t in args.tables if t not in TABLES]
+    if unknown:
+        raise ConfigError(f'unknown table(s) {unknown}; choose from {list(TABLES)}')
+    print(environment_line())
+    for table in args.tables:
+        module_name, title = TABLES[table]
+        module = importlib.import_module(f'cityseg_ros.bench.{module_name}')
+        kwargs = {'runs': args.runs}
+        if table == 'forward':
+            kwargs.update(models=args.models, device=args.device, batch_size=args.batch_size)
+        print(f'\n## {title}\n')
+        print(module.run(**kwargs), flush=True)
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(build_parser, run, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
