@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 from cityseg_ros.errors import ConfigError, ImageError
 from cityseg_ros.labels import NUM_CLASSES
 from cityseg_ros.models.zoo import build_model, get_spec, ModelSpec
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,7 @@ class Segmenter:
         self.net.to(self.device, memory_format=self._memory_format)
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
+        self._index_cache: dict = {}
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(self.spec.mean, device=self.device).view(shape)
         self._inv_std = 1.0 / torch.tensor(self.spec.std, device=self.device).view(shape)
@@ -301,10 +303,15 @@ class Segmenter:
     def _nearest_index(self, src: Sequence[int], dst: Sequence[int]):
         """Row/column gather indices of a pixel-centre nearest-neighbour resize src -> dst.
 
-        Same as PIL's NEAREST and cv2's INTER_NEAREST_EXACT, which the reference test scripts
-        use to bring label maps back to the camera size; works for any dtype and device.
+        Exactly PIL's NEAREST (what the reference test scripts use to bring label maps back to
+        the camera size) and OpenCV's INTER_NEAREST_EXACT: OpenCV resizes the index ramps, so
+        its fixed-point rounding on exact pixel boundaries is reproduced. Cached per size.
         """
-        def axis(n_src: int, n_dst: int) -> torch.Tensor:
-            idx = ((torch.arange(n_dst, device=self.device) + 0.5) * (n_src / n_dst)).long()
-            return idx.clamp_(max=n_src - 1)
-        return axis(src[0], dst[0]), axis(src[1], dst[1])
+        key = (tuple(src), tuple(dst))
+        if key not in self._index_cache:
+            def axis(n_src: int, n_dst: int) -> torch.Tensor:
+                ramp = np.arange(n_src, dtype=np.float32)[None]
+                idx = cv2.resize(ramp, (n_dst, 1), interpolation=cv2.INTER_NEAREST_EXACT)
+                return torch.from_numpy(idx[0].astype(np.int64)).to(self.device)
+            self._index_cache[key] = (axis(src[0], dst[0]), axis(src[1], dst[1]))
+        return self._index_cache[key]

@@ -1,0 +1,154 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+import cv2
+import numpy as np
+from PIL import Image
+import pytest
+import torch
+
+from cityseg_ros.engine import Prediction, resolve_device, Segmenter
+from cityseg_ros.errors import ConfigError, ImageError
+from cityseg_ros.labels import label_ids_to_train_ids
+from cityseg_ros.models.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+SMALL = (64, 128)
+
+
+@pytest.fixture(scope='module')
+def seg():
+    torch.manual_seed(0)
+    return Segmenter('espnetv2', weights=None, device='cpu', input_size=SMALL)
+
+
+def _images(*shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in shapes]
+
+
+def test_labels_come_back_at_each_input_size(seg):
+    images = _images((72, 136), (64, 128), (72, 136), (100, 50))
+    preds = seg.predict(images, confidence=True)
+    assert [p.labels.shape for p in preds] == [im.shape[:2] for im in images]
+    for p in preds:
+        assert isinstance(p, Prediction)
+        assert p.labels.dtype == np.uint8 and p.labels.max() < 19
+        assert p.confidence.dtype == np.uint8 and p.confidence.shape == p.labels.shape
+    # A batch gives the same result as one image at a time.
+    alone = seg(images[2:3])[0]
+    assert (alone == preds[2].labels).all()
+
+
+def test_untrained_channel_19_is_never_output():
+    seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=SMALL)
+    with torch.no_grad():
+        seg.net.bu_dec_l4.merge_layer[3].bias[19] = 1e4
+    labels = seg(_images((64, 128)))[0]
+    assert labels.max() < 19
+
+
+def test_confidence_is_max_softmax_times_255(seg):
+    image = _images((64, 128))
+    pred = seg.predict(image, confidence=True)[0]
+    with torch.inference_mode():
+        probs = seg.forward(seg.preprocess(image)).softmax(1)
+    expected = (probs.max(1).values[0] * 255).round().to(torch.uint8).numpy()
+    assert np.abs(pred.confidence.astype(int) - expected).max() <= 1
+    assert (pred.labels == probs.argmax(1)[0].numpy()).all()
+
+
+@pytest.mark.parametrize('tta', ['flip', 'multiscale'])
+def test_tta_modes_run_and_keep_shapes(tta):
+    seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=SMALL, tta=tta)
+    image = _images((80, 160))
+    pred = seg.predict(image, confidence=True)[0]
+    assert pred.labels.shape == (80, 160) and pred.confidence.max() <= 255
+
+
+def test_flip_tta_is_mirror_symmetric():
+    seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=SMALL, tta='flip')
+    image = _images((64, 128))[0]
+    with torch.inference_mode():
+        scores = seg.scores(seg.preprocess([image]))
+        mirrored = seg.scores(seg.preprocess([np.ascontiguousarray(image[:, ::-1])]))
+    torch.testing.assert_close(scores, mirrored.flip(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_preprocessing_matches_the_reference_pil_pipeline(seg):
+    # EdgeNets' test script: PIL bilinear resize, to_tensor, normalize with ImageNet stats.
+    image = _images((128, 256))[0]
+    ours = seg.preprocess([image])[0].numpy()
+    resized = np.asarray(Image.fromarray(image).resize((SMALL[1], SMALL[0]), Image.BILINEAR))
+    ref = (resized.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    # PIL resizes in 8-bit fixed point and rounds; ours stays float: about a grey level apart.
+    diff = np.abs(ours.transpose(1, 2, 0) - ref) * min(IMAGENET_STD)
+    assert diff.max() <= 1.5 and diff.mean() <= 0.5
+
+
+def test_label_resize_is_pixel_centre_nearest(seg):
+    src = np.random.default_rng(3).integers(0, 19, (64, 128), dtype=np.uint8)
+    for dst in [(1024, 2048), (1080, 1920), (50, 70), (37, 300)]:
+        rows, cols = seg._nearest_index(src.shape, dst)
+        ours = torch.from_numpy(src)[rows][:, cols].numpy()
+        pil = np.asarray(Image.fromarray(src).resize((dst[1], dst[0]), Image.NEAREST))
+        exact = cv2.resize(src, (dst[1], dst[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+        assert (ours == pil).all() and (ours == exact).all(), dst
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'precision': 'fp16'}, 'CUDA'),
+    ({'precision': 'int8'}, 'precision'),
+    ({'tta': 'sometimes'}, 'tta'),
+    ({'device': 'tpu'}, 'device'),
+    ({'input_size': (4, 4)}, 'input size'),
+])
+def test_bad_options_raise_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Segmenter('espnetv2', weights=None, device=kwargs.pop('device', 'cpu'), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the no-CUDA error path')
+def test_cuda_without_gpu_says_so():
+    with pytest.raises(ConfigError, match='CUDA is not available'):
+        resolve_device('cuda')
+
+
+@pytest.mark.parametrize('image, match', [
+    (np.zeros((64, 64, 3), np.uint16), '8-bit'),
+    (np.zeros((64, 64), np.uint8), 'HxWx3'),
+    (np.zeros((1, 1, 3), np.uint8), 'smallest'),
+    ([[0, 0, 0]], 'numpy'),
+])
+def test_bad_images_raise_image_error(seg, image, match):
+    with pytest.raises(ImageError, match=match):
+        seg.predict([image])
+
+
+def test_input_size_is_rounded_to_the_model_divisor():
+    seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=(70, 130))
+    assert seg.input_size == (96, 160)
+
+
+def test_official_weights_on_the_tiny_frame(shared):
+    root = shared('data', 'cityscapes_tiny')
+    weights = shared('data', 'weights', 'espnetv2', 'espnetv2_s_2.0_city_512x256.pth')
+    image = cv2.cvtColor(cv2.imread(str(next(root.rglob('*_leftImg8bit.png')))),
+                         cv2.COLOR_BGR2RGB)
+    gt = label_ids_to_train_ids(cv2.imread(str(next(root.rglob('*_labelIds.png'))), 0))
+    seg = Segmenter('espnetv2', weights=str(weights), device='cpu')
+    assert seg.input_size == (256, 512)  # the zoo knows this file's test size
+    labels = seg([image])[0]
+    valid = gt != 255
+    accuracy = (labels[valid] == gt[valid]).mean()
+    assert accuracy > 0.75, accuracy
