@@ -1,0 +1,218 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""fetch_weights: exit 0 and print paths on success; exit 2 with one stderr line otherwise."""
+
+import hashlib
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+from cityseg_ros.checkpoints import MIRROR_ENV
+from cityseg_ros.models import zoo
+from cityseg_ros.tools.fetch_weights import main
+import pytest
+# The local HTTP server and the tiny zoo entry live beside the library's own tests.
+from test_checkpoints import (clear_proxies, closed_port_url, register_tiny, serving,
+                              tiny_bytes)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    clear_proxies(monkeypatch)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.setenv('CITYSEG_ROS_CACHE', str(tmp_path / 'default_cache'))
+
+
+@pytest.fixture
+def server():
+    with serving() as state:
+        yield state
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path, server):
+    """Zoo entry 'tiny' whose release is served by ``server``; returns (data, cache dir)."""
+    data = tiny_bytes(tmp_path)
+    register_tiny(monkeypatch, data=data)
+    server.files['tiny.pth'] = data
+    return data, tmp_path / 'cache'
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    assert lines[0].startswith('fetch_weights: error: ')
+    return lines[0]
+
+
+def test_fetch_prints_where_the_file_lives(capsys, server, tiny):
+    data, cache = tiny
+    code, out, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror',
+                          server.url, '--quiet')
+    assert code == 0 and err == ''
+    assert out == f'tiny: {cache / "tiny.pth"}\n'
+    assert (cache / 'tiny.pth').read_bytes() == data and not (cache / 'tiny.pth.part').exists()
+    # Second run: already in the cache and verified, nothing downloaded.
+    assert _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url)[0] == 0
+    assert len(server.requests) == 1
+
+
+def test_mirror_and_cache_from_environment(capsys, monkeypatch, tmp_path, server, tiny):
+    monkeypatch.setenv(MIRROR_ENV, server.url)
+    code, out, _ = _cli(capsys, '--model', 'tiny', '--quiet')
+    assert code == 0 and out.strip() == f'tiny: {tmp_path / "default_cache" / "tiny.pth"}'
+
+
+def test_verify_ok_missing_and_corrupt(capsys, server, tiny):
+    data, cache = tiny
+    code, _, err = _cli(capsys, '--model', 'tiny', '--verify', '--cache-dir', cache)
+    line = _one_error_line(err)
+    assert code == 2 and 'tiny.pth (missing)' in line and 'run fetch_weights --model tiny' in line
+    assert server.requests == []  # --verify never downloads
+
+    cache.mkdir()
+    (cache / 'tiny.pth').write_bytes(data)
+    code, out, err = _cli(capsys, '--model', 'tiny', '--verify', '--cache-dir', cache)
+    assert code == 0 and out == f'tiny: {cache / "tiny.pth"} ok\n' and err == ''
+
+    (cache / 'tiny.pth').write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    code, _, err = _cli(capsys, '--model', 'tiny', '--verify', '--cache-dir', cache)
+    assert code == 2 and 'sha256' in _one_error_line(err)
+
+
+def test_wrong_checksum_exits_2_and_leaves_nothing(capsys, server, tiny):
+    _, cache = tiny
+    server.files['tiny.pth'] = b'not the released file'
+    code, _, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url)
+    line = _one_error_line(err)
+    # The size is checked before the digest; both say the download was deleted.
+    assert code == 2 and 'expected' in line and 'deleted' in line
+    assert list(cache.iterdir()) == []
+
+
+def test_sha256_mismatch_of_same_size_file(capsys, server, tiny):
+    data, cache = tiny
+    server.files['tiny.pth'] = bytes(len(data))
+    code, _, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url)
+    assert code == 2 and 'sha256 mismatch' in _one_error_line(err)
+    assert list(cache.iterdir()) == []
+
+
+def test_cut_download_exits_2_then_resumes(capsys, server, tiny):
+    data, cache = tiny
+    server.cut_after['tiny.pth'] = 100
+    argv = ('--model', 'tiny', '--cache-dir', cache, '--mirror', server.url, '--quiet')
+    code, _, err = _cli(capsys, *argv)
+    assert code == 2 and 'run again to resume' in _one_error_line(err)
+    assert (cache / 'tiny.pth.part').stat().st_size == 100
+    assert _cli(capsys, *argv)[0] == 0
+    assert (cache / 'tiny.pth').read_bytes() == data
+    assert server.requests[-1] == ('/tiny.pth', 'bytes=100-')
+
+
+def test_404_exits_2(capsys, server, tiny):
+    _, cache = tiny
+    del server.files['tiny.pth']
+    code, _, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url)
+    assert code == 2 and 'HTTP 404' in _one_error_line(err)
+
+
+def test_no_network_exits_2(capsys, tiny):
+    _, cache = tiny
+    code, _, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror',
+                        closed_port_url())
+    assert code == 2 and 'cannot reach 127.0.0.1' in _one_error_line(err)
+
+
+def test_unknown_sha256_is_recorded(capsys, monkeypatch, server, tmp_path):
+    data = tiny_bytes(tmp_path)
+    register_tiny(monkeypatch, data=data, sha256=None)
+    server.files['tiny.pth'] = data
+    cache = tmp_path / 'cache'
+    code, _, _ = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url)
+    assert code == 0
+    digest = hashlib.sha256(data).hexdigest()
+    assert (cache / 'tiny.pth.sha256').read_text().split()[0] == digest
+    # From now on the recorded digest is what --verify checks against.
+    (cache / 'tiny.pth').write_bytes(data[::-1])
+    code, _, err = _cli(capsys, '--model', 'tiny', '--verify', '--cache-dir', cache)
+    assert code == 2 and digest in _one_error_line(err)
+
+
+def test_file_option_picks_another_release(capsys, server, tiny):
+    _, cache = tiny
+    server.files['tiny_wide.pth'] = b'wide'
+    code, out, err = _cli(capsys, '--model', 'tiny', '--file', 'tiny_wide.pth',
+                          '--cache-dir', cache, '--mirror', server.url, '--quiet')
+    assert code == 0 and out.strip() == f"tiny: {cache / 'tiny_wide.pth'}", err
+
+
+@pytest.mark.parametrize('argv, message', [
+    ((), 'say which weights: --model M'),
+    (('--model', 'nope'), "unknown model 'nope'"),
+    (('--model', 'tiny', '--file', 'x.pth'), "x.pth is not a released file of 'tiny'"),
+    (('--model', 'tiny', '--model', 'untrained'), 'untrained: no released weights'),
+])
+def test_bad_requests_exit_2_with_one_line(capsys, monkeypatch, tiny, argv, message):
+    register_tiny(monkeypatch, name='untrained', weights=())
+    code, _, err = _cli(capsys, *argv)
+    assert code == 2 and message in _one_error_line(err)
+
+
+def test_all_reports_models_without_weights_and_fetches_the_rest(capsys, monkeypatch, server,
+                                                                 tiny):
+    data, cache = tiny
+    register_tiny(monkeypatch, name='untrained', weights=())
+    register_tiny(monkeypatch, name='private', url='')
+    server.files['private.pth'] = b'served by the mirror only'
+    only = {name: zoo.ZOO[name] for name in ('tiny', 'untrained', 'private')}
+    monkeypatch.setattr(zoo, 'ZOO', only)
+    code, out, err = _cli(capsys, '--all', '--cache-dir', cache, '--mirror', server.url,
+                          '--quiet')
+    assert code == 0, err
+    assert f'tiny: {cache / "tiny.pth"}' in out
+    assert 'untrained: no released weights' in out
+    # Without a release URL, the mirror still serves it.
+    assert f'private: {cache / "private.pth"}' in out
+
+
+def test_all_without_mirror_skips_files_without_url(capsys, monkeypatch, tmp_path):
+    register_tiny(monkeypatch, name='private', url='')
+    monkeypatch.setattr(zoo, 'ZOO', {'private': zoo.ZOO['private']})
+    code, out, err = _cli(capsys, '--all', '--cache-dir', tmp_path)
+    assert code == 0 and err == ''
+    assert 'private: private.pth has no download URL' in out and 'skipped' in out
+
+
+def test_console_script_failure_is_one_line_without_traceback(tmp_path):
+    env = dict(os.environ, CITYSEG_ROS_CACHE=str(tmp_path), PYTHONPATH=str(REPO))
+    for var in ('http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY', MIRROR_ENV):
+        env.pop(var, None)
+    result = subprocess.run(
+        [sys.executable, '-m', 'cityseg_ros.tools.fetch_weights', '--model', 'espnetv2',
+         '--mirror', closed_port_url()], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith('fetch_weights: error: cannot reach 127.0.0.1')
+    assert result.stdout == ''
