@@ -1,0 +1,219 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""StampPairer: matching by stamp, drops and their counters, bounded memory, threads."""
+
+import threading
+
+from cityseg_ros.pairing import Matched, StampPairer
+import pytest
+
+MS = 1_000_000
+PERIOD = 59 * MS  # 17 Hz
+
+
+def test_exact_pair_is_matched_on_the_second_message():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    assert pairer.push('left', 1000, 'L') is None
+    matched = pairer.push('right', 1000, 'R')
+    assert matched == Matched(1000, {'left': 'L', 'right': 'R'}, {'left': 1000, 'right': 1000})
+    stats = pairer.stats
+    assert stats.matched == 1 and stats.dropped == 0
+    assert stats.pending == {'left': 0, 'right': 0}
+
+
+def test_jitter_within_tolerance_matches_and_carries_the_reference_stamp():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    assert pairer.push('right', 10 * MS + 4 * MS, 'R') is None
+    matched = pairer.push('left', 10 * MS, 'L')
+    assert matched is not None
+    assert matched.stamp_ns == 10 * MS  # the first key's stamp, not the anchor's
+    assert matched.stamps == {'left': 10 * MS, 'right': 14 * MS}
+
+
+def test_tolerance_is_inclusive():
+    pairer = StampPairer(['a', 'b'], tolerance_ns=5)
+    pairer.push('a', 100, 1)
+    assert pairer.push('b', 105, 2) is not None
+
+
+def test_out_of_tolerance_is_not_matched_and_waits():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    pairer.push('left', 0, 'L0')
+    assert pairer.push('right', 6 * MS, 'R') is None
+    assert pairer.stats.pending == {'left': 1, 'right': 1}
+    assert pairer.stats.matched == 0
+
+
+def test_nearest_partner_is_chosen():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=10 * MS)
+    pairer.push('right', 0, 'far')
+    pairer.push('right', 7 * MS, 'near')
+    matched = pairer.push('left', 8 * MS, 'L')
+    assert matched.items['right'] == 'near'
+    # The older right one was passed by the match: dropped and counted.
+    assert pairer.stats.dropped_unmatched == {'left': 0, 'right': 1}
+
+
+def test_right_frame_without_left_partner_is_dropped_and_counted():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    pairer.push('left', 0, 'L0')
+    assert pairer.push('right', 0, 'R0') is not None
+    assert pairer.push('right', PERIOD, 'R1') is None  # its left frame never comes
+    pairer.push('left', 2 * PERIOD, 'L2')
+    matched = pairer.push('right', 2 * PERIOD, 'R2')
+    assert matched.items == {'left': 'L2', 'right': 'R2'}
+    stats = pairer.stats
+    assert stats.matched == 2
+    assert stats.dropped_unmatched == {'left': 0, 'right': 1}
+    assert stats.pending == {'left': 0, 'right': 0}
+
+
+def test_out_of_order_arrival_within_the_queue():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    pairer.push('right', 2 * PERIOD, 'R2')
+    pairer.push('right', PERIOD, 'R1')
+    assert pairer.push('left', PERIOD, 'L1').items == {'left': 'L1', 'right': 'R1'}
+    assert pairer.push('left', 2 * PERIOD, 'L2').items == {'left': 'L2', 'right': 'R2'}
+    assert pairer.stats.dropped == 0
+
+
+def test_late_partner_older_than_the_newest_match_is_dropped():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    pairer.push('left', PERIOD, 'L1')
+    pairer.push('left', 2 * PERIOD, 'L2')
+    assert pairer.push('right', 2 * PERIOD, 'R2') is not None  # L1 is passed over
+    assert pairer.push('right', PERIOD, 'R1') is None  # too late for L1
+    stats = pairer.stats
+    assert stats.dropped_unmatched == {'left': 1, 'right': 1}
+    assert stats.dropped_late == {'left': 0, 'right': 1}
+    assert stats.pending == {'left': 0, 'right': 0}
+    # A duplicate of an already matched stamp is late too.
+    assert pairer.push('left', 2 * PERIOD, 'again') is None
+    assert pairer.stats.dropped_late['left'] == 1
+
+
+def test_flood_of_one_key_keeps_memory_bounded():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, max_pending=8)
+    for i in range(1000):
+        assert pairer.push('left', i * PERIOD, i) is None
+    stats = pairer.stats
+    assert stats.pending == {'left': 8, 'right': 0}
+    assert stats.dropped_overflow == {'left': 992, 'right': 0}
+    assert stats.dropped_unmatched['left'] == 992
+    # The newest ones are the ones kept.
+    assert pairer.push('right', 999 * PERIOD, 'R').items['left'] == 999
+    assert pairer.stats.dropped_unmatched['left'] == 992 + 7
+
+
+def test_overflowing_with_an_older_item_drops_that_item():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=0, max_pending=2)
+    pairer.push('left', 10, 'a')
+    pairer.push('left', 20, 'b')
+    pairer.push('right', 5, 'old')
+    pairer.push('right', 6, 'newer')
+    assert pairer.push('right', 1, 'oldest') is None
+    assert pairer.stats.dropped_overflow == {'left': 0, 'right': 1}
+    assert pairer.stats.pending['right'] == 2
+
+
+@pytest.mark.parametrize('order', [
+    ('left', 'right', 'gt', 'inst'),
+    ('inst', 'gt', 'right', 'left'),
+    ('gt', 'left', 'inst', 'right'),
+])
+def test_four_keys_match_only_when_all_are_present(order):
+    keys = ['left', 'right', 'gt', 'inst']
+    jitter = {'left': 0, 'right': 2 * MS, 'gt': -1 * MS, 'inst': 3 * MS}
+    pairer = StampPairer(keys, tolerance_ns=4 * MS)
+    results = [pairer.push(k, PERIOD + jitter[k], k.upper()) for k in order]
+    assert results[:3] == [None, None, None]
+    assert results[3].items == {k: k.upper() for k in keys}
+    assert results[3].stamp_ns == PERIOD
+    assert pairer.stats.matched == 1
+
+
+def test_three_keys_with_a_missing_gt_frame():
+    pairer = StampPairer(['left', 'right', 'gt'], tolerance_ns=MS)
+    frames = []
+    for i in range(5):
+        for key in ('left', 'right', 'gt'):
+            if key == 'gt' and i == 2:
+                continue
+            matched = pairer.push(key, i * PERIOD, (key, i))
+            if matched:
+                frames.append(matched.items['left'][1])
+    assert frames == [0, 1, 3, 4]
+    assert pairer.stats.dropped_unmatched == {'left': 1, 'right': 1, 'gt': 0}
+
+
+def test_single_key_matches_every_message():
+    pairer = StampPairer(['left'], tolerance_ns=0)
+    assert pairer.push('left', 7, 'x') == Matched(7, {'left': 'x'}, {'left': 7})
+
+
+def test_clear_forgets_pending_and_the_late_watermark():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=MS)
+    pairer.push('left', 10 * PERIOD, 'L')
+    pairer.push('right', 10 * PERIOD, 'R')
+    pairer.push('left', 11 * PERIOD, 'pending')
+    pairer.clear()
+    assert pairer.stats.pending == {'left': 0, 'right': 0}
+    assert pairer.stats.matched == 1
+    # Time jumped back (a bag played in a loop): old stamps match again.
+    pairer.push('left', 0, 'L0')
+    assert pairer.push('right', 0, 'R0') is not None
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match='unique'):
+        StampPairer(['a', 'a'], tolerance_ns=0)
+    with pytest.raises(ValueError, match='unique'):
+        StampPairer([], tolerance_ns=0)
+    with pytest.raises(ValueError, match='tolerance'):
+        StampPairer(['a'], tolerance_ns=-1)
+    with pytest.raises(ValueError, match='max_pending'):
+        StampPairer(['a'], tolerance_ns=0, max_pending=0)
+    with pytest.raises(KeyError, match='unknown key'):
+        StampPairer(['a', 'b'], tolerance_ns=0).push('c', 0, None)
+
+
+def test_concurrent_pushes_from_threads_match_every_frame():
+    frames = 400
+    pairer = StampPairer(['left', 'right'], tolerance_ns=MS, max_pending=frames)
+    matched = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def feed(key):
+        barrier.wait()
+        for i in range(frames):
+            result = pairer.push(key, i * PERIOD, i)
+            if result is not None:
+                with lock:
+                    matched.append(result.items['left'])
+
+    threads = [threading.Thread(target=feed, args=(k,)) for k in ('left', 'right')]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    stats = pairer.stats
+    # Whatever the interleaving, every frame is matched once or dropped, never both.
+    assert stats.matched == len(matched)
+    assert stats.matched + stats.dropped_unmatched['left'] + stats.pending['left'] == frames
+    assert stats.matched + stats.dropped_unmatched['right'] + stats.pending['right'] == frames
+    assert matched == sorted(matched) and len(set(matched)) == len(matched)
+    # Each thread pushes in stamp order, so no interleaving can pass a frame over.
+    assert stats.matched == frames
