@@ -12,16 +12,15 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+from cityseg_ros.engine import Prediction, resolve_device, Segmenter
+from cityseg_ros.errors import ConfigError, ImageError
+from cityseg_ros.labels import label_ids_to_train_ids
+from cityseg_ros.models.zoo import IMAGENET_MEAN, IMAGENET_STD
 import cv2
 import numpy as np
 from PIL import Image
 import pytest
 import torch
-
-from cityseg_ros.engine import Prediction, resolve_device, Segmenter
-from cityseg_ros.errors import ConfigError, ImageError
-from cityseg_ros.labels import label_ids_to_train_ids
-from cityseg_ros.models.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = (64, 128)
 

@@ -17,12 +17,11 @@
 import logging
 from typing import Optional, Sequence
 
-import numpy as np
-import torch
-
 from cityseg_ros.bench.timing import markdown_table, time_call
 from cityseg_ros.engine import Segmenter
 from cityseg_ros.errors import CitysegError
+import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 

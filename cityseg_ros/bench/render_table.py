@@ -14,11 +14,10 @@
 
 """Table: colorize / overlay / label-map encode cost per 2048x1024 frame (the node's worker)."""
 
-import numpy as np
-
 from cityseg_ros import render
 from cityseg_ros.bench.timing import markdown_table, time_call
 from cityseg_ros.imageio import write_png
+import numpy as np
 
 
 def run(runs: int = 10) -> str:

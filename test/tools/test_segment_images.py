@@ -14,11 +14,10 @@
 
 from fractions import Fraction
 
-import numpy as np
-import pytest
-
 from cityseg_ros.imageio import read_rgb, write_png
 from cityseg_ros.tools import segment_images
+import numpy as np
+import pytest
 
 REAL_FRAMES = 8
 
@@ -43,7 +42,7 @@ def test_official_weights_score_on_real_frames(tmp_path, capsys, cityscapes_root
     preds = [tmp_path / (p.stem + '_labelIds.png') for p in images]
     result = official_eval(preds, gts)
     miou = result['averageScoreClasses']
-    print(f"official evaluation on {len(images)} frames: class mIoU {miou:.4f}, "
+    print(f'official evaluation on {len(images)} frames: class mIoU {miou:.4f}, '
           f"iIoU {result['averageScoreInstClasses']:.4f}, "
           f"category IoU {result['averageScoreCategories']:.4f}, "
           f"category iIoU {result['averageScoreInstCategories']:.4f}")
