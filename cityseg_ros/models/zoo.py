@@ -118,18 +118,32 @@ class ModelSpec:
         return None
 
 
-def _espnetv2(**kwargs) -> nn.Module:
-    from cityseg_ros.models.espnetv2 import espnetv2_city
-    return espnetv2_city(**kwargs)
+def _lazy(module: str, attr: str) -> Callable:
+    """Refer to ``cityseg_ros.models.<module>.<attr>`` without importing it until called.
+
+    Keeps ``import cityseg_ros.models`` cheap: a node running ESPNetv2 never imports the
+    InternImage code.
+    """
+    def call(*args, **kwargs):
+        import importlib
+        return getattr(importlib.import_module(f'cityseg_ros.models.{module}'), attr)(*args,
+                                                                                      **kwargs)
+    call.__name__ = call.__qualname__ = f'{module}.{attr}'
+    return call
 
 
 _ESPNET_URL = ('https://github.com/sacmehta/EdgeNets/raw/master/model/segmentation/model_zoo/'
                'espnetv2/')
+# HRNet-OCR's README links its PyTorch >= 1.1 checkpoints to this release.
+_HRNET_URL = 'https://github.com/hsfzxjy/models.storage/releases/download/HRNet-OCR/'
+_INTERNIMAGE_URL = 'https://huggingface.co/OpenGVLab/InternImage/resolve/main/'
+# The published multi-scale protocol of HRNet-OCR and InternImage (+ flip).
+_SIX_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 ZOO: dict[str, ModelSpec] = {
     'espnetv2': ModelSpec(
         name='espnetv2',
-        builder=_espnetv2,
+        builder=_lazy('espnetv2', 'espnetv2_city'),
         # Channel 19 is EdgeNets' "background" class, never trained on Cityscapes.
         num_classes=20,
         mean=IMAGENET_MEAN,
@@ -157,6 +171,75 @@ ZOO: dict[str, ModelSpec] = {
                 size=469319, model_kwargs={'s': 0.5}, test_size=(256, 512)),
         ),
         paper='ESPNetv2 (Mehta et al., CVPR 2019): 66.4 val mIoU at 1024x512, s=2.0',
+    ),
+    'hrnet_w48_ocr': ModelSpec(
+        name='hrnet_w48_ocr',
+        builder=_lazy('hrnet_ocr', 'hrnet_w48_ocr'),
+        num_classes=19,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        test_size=(1024, 2048),
+        keep_ratio=True,
+        align_corners=True,
+        output_stride=4,
+        tta_scales=_SIX_SCALES,
+        tta_merge='exp',
+        crop_size=(1024, 2048),
+        weights=(
+            WeightsFile('hrnet_ocr_cs_trainval_8227_torch11.pth',
+                        _HRNET_URL + 'hrnet_ocr_cs_trainval_8227_torch11.pth',
+                        score='82.27 test server, train+val, 6 scales + flip'),
+        ),
+        adapter=_lazy('hrnet_ocr', 'checkpoint_filter_fn'),
+        num_params=70_372_678,
+        paper='HRNetV2-W48 + OCR (Yuan et al., ECCV 2020): 82.27 Cityscapes test (train+val '
+              'model, 6 scales + flip); the train-only checkpoint gives 81.6 val single scale',
+    ),
+    'upernet_internimage_l': ModelSpec(
+        name='upernet_internimage_l',
+        builder=_lazy('internimage', 'upernet_internimage_l'),
+        # Both official configs keep mmseg's 150-class head: channels 0..18 are trained.
+        num_classes=150,
+        mean=IMAGENET_MEAN,  # mmseg's img_norm_cfg: the same statistics, RGB
+        std=IMAGENET_STD,
+        test_size=(1024, 2048),
+        keep_ratio=True,
+        align_corners=False,
+        output_stride=4,
+        tta_scales=_SIX_SCALES,
+        tta_merge='softmax',
+        weights=(
+            WeightsFile('upernet_internimage_l_512x1024_160k_cityscapes.pth',
+                        _INTERNIMAGE_URL + 'upernet_internimage_l_512x1024_160k_cityscapes.pth',
+                        sha256='59808301f09cbd09796127a1d0ab7a294be4c961fd726c4716d931016e3ed7a0',
+                        score='84.41 val 6 scales + flip; 83.68 single scale'),
+        ),
+        adapter=_lazy('internimage', 'checkpoint_filter_fn'),
+        paper='UperNet + InternImage-L (Wang et al., CVPR 2023): 84.41 val (6 scales + flip), '
+              '83.68 single scale',
+    ),
+    'upernet_internimage_xl': ModelSpec(
+        name='upernet_internimage_xl',
+        builder=_lazy('internimage', 'upernet_internimage_xl'),
+        num_classes=150,
+        mean=IMAGENET_MEAN,  # mmseg's img_norm_cfg: the same statistics, RGB
+        std=IMAGENET_STD,
+        test_size=(1024, 2048),
+        keep_ratio=True,
+        align_corners=False,
+        output_stride=4,
+        tta_scales=_SIX_SCALES,
+        tta_merge='softmax',
+        weights=(
+            WeightsFile('upernet_internimage_xl_512x1024_160k_mapillary2cityscapes.pth',
+                        _INTERNIMAGE_URL
+                        + 'upernet_internimage_xl_512x1024_160k_mapillary2cityscapes.pth',
+                        sha256='9fd1e8e24d776c34a601eade5b47a6e3751ea5c9eec15bf7fcbbabdf036f7c95',
+                        score='86.42 val 6 scales + flip; 86.20 single scale'),
+        ),
+        adapter=_lazy('internimage', 'checkpoint_filter_fn'),
+        paper='UperNet + InternImage-XL, Mapillary pre-training (Wang et al., CVPR 2023): '
+              '86.42 val (6 scales + flip), 86.20 single scale',
     ),
 }
 
