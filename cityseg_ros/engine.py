@@ -108,8 +108,8 @@ class Segmenter:
         precision: ``'fp32'``, ``'bf16'`` (autocast) or ``'fp16'`` (autocast, CUDA only).
         tta: ``'none'``, ``'flip'`` or ``'multiscale'`` (the model's scales, each flipped).
         input_size: (H, W) network input size overriding the model's test size.
-        channels_last: NHWC memory format; default: on for CUDA, off for CPU (measured in
-            ``benchmark``; it is slower for ESPNetv2's grouped convolutions on CPU).
+        channels_last: NHWC memory format (default on: oneDNN's and cuDNN's depth-wise and
+            grouped convolutions are much faster in NHWC; see ``benchmark``).
     """
 
     def __init__(self, model: str, weights: Optional[str] = None, device: str = 'auto',
@@ -138,6 +138,8 @@ class Segmenter:
         else:
             load_checkpoint(self.net, path)
         self.weights_path = path
+        if hasattr(self.net, 'fuse_bn'):
+            self.net.fuse_bn()  # inference only: fold BatchNorm into the convolutions
 
         size = input_size or (self.weights_file.test_size if self.weights_file and
                               self.weights_file.test_size else self.spec.test_size)
@@ -149,8 +151,7 @@ class Segmenter:
             logger.info('input size %s rounded to %s (multiple of %d for %s)', tuple(size),
                         self.input_size, div, self.spec.name)
 
-        self.channels_last = (self.device.type == 'cuda') if channels_last is None \
-            else channels_last
+        self.channels_last = True if channels_last is None else channels_last
         self._memory_format = (torch.channels_last if self.channels_last
                                else torch.contiguous_format)
         self.net.to(self.device, memory_format=self._memory_format)
@@ -196,6 +197,11 @@ class Segmenter:
                image_size: Optional[Sequence[int]] = None) -> float:
         """Run a few passes so lazy initialisation and kernel selection leave the hot path.
 
+        Args:
+            batch_size: images per pass (2 for a stereo pair).
+            iterations: passes.
+            image_size: (H, W) of the camera images; default: the network input size.
+
         Returns:
             Milliseconds of the last pass.
         """
@@ -216,19 +222,42 @@ class Segmenter:
 
     # -- stages -------------------------------------------------------------------------------
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack same-size uint8 HxWx3 images into a normalised N,3,h,w tensor on the device."""
+    def net_size(self, height: int, width: int, scale: float = 1.0) -> tuple:
+        """Network input (H, W) for an image of ``height`` x ``width`` at a TTA ``scale``."""
+        th, tw = self.input_size
+        if self.spec.resize == 'fixed':
+            h, w = th * scale, tw * scale
+        else:
+            long_edge, short_edge = max(th, tw) * scale, min(th, tw) * scale
+            if self.spec.resize == 'fit':  # mmcv.imrescale
+                factor = min(long_edge / max(height, width), short_edge / min(height, width))
+            else:  # 'long_side': HRNet's base_size * scale on the long side
+                factor = int(long_edge + 0.5) / max(height, width)
+            h, w = int(height * factor + 0.5), int(width * factor + 0.5)
+        div = self.spec.size_divisor
+        return _round_up(h, div), _round_up(w, div)
+
+    def to_device(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Stack same-size uint8 HxWx3 images as a float N,3,H,W (0..255) tensor on the device."""
         host = torch.from_numpy(np.stack(images))
         if self.device.type == 'cuda':
             host = host.pin_memory()
-        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != self.input_size:
-            # antialias: EdgeNets/PIL and mmseg resize with a filter wide enough for
+        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+
+    def resize_normalize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Resize a 0..255 batch to the network size and normalise it with the model's stats."""
+        if tuple(x.shape[-2:]) != tuple(size):
+            # antialias: EdgeNets (PIL) and mmcv resize with a filter that widens when
             # downscaling; without it a 2048->1024 resize aliases.
-            x = F.interpolate(x, size=self.input_size, mode='bilinear', align_corners=False,
+            x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False,
                               antialias=True)
         x = (x - self._mean) * self._inv_std
         return x.contiguous(memory_format=self._memory_format)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Turn same-size uint8 images into the normalised network input at scale 1."""
+        x = self.to_device(images)
+        return self.resize_normalize(x, self.net_size(*x.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Network logits for a normalised batch, upsampled to the input size, 19 classes."""
@@ -239,31 +268,53 @@ class Segmenter:
                              align_corners=self.spec.align_corners)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores for a normalised batch with the configured TTA, at the input size.
+        """Class scores of a 0..255 batch (from :meth:`to_device`) with the configured TTA.
 
         The scores are logits for ``tta='none'``; with TTA they are merged as the model's
-        protocol says (``spec.tta_merge``). Argmax gives the labels either way.
+        protocol says (``spec.tta_merge``). Argmax gives the labels either way. They come at
+        the image size (``spec.logits_at_image_size``) or at the scale-1 network size.
         """
+        height, width = x.shape[-2:]
+        out_size = (height, width) if self.spec.logits_at_image_size \
+            else self.net_size(height, width)
         scales = self.spec.tta_scales if self.tta == 'multiscale' else (1.0,)
         flips = (False, True) if self.tta in ('flip', 'multiscale') else (False,)
-        if scales == (1.0,) and flips == (False,):
-            return self.forward(x)
-        size = x.shape[-2:]
-        div = self.spec.size_divisor
         total = None
         for scale in scales:
-            xs = x if scale == 1.0 else F.interpolate(
-                x, size=(_round_up(size[0] * scale, div), _round_up(size[1] * scale, div)),
-                mode='bilinear', align_corners=self.spec.align_corners)
+            xs = self.resize_normalize(x, self.net_size(height, width, scale))
             for flip in flips:
-                out = self.forward(xs.flip(-1) if flip else xs)
+                out = self._forward_tiled(xs.flip(-1) if flip else xs)
                 out = out.flip(-1) if flip else out
-                if out.shape[-2:] != size:
-                    out = F.interpolate(out, size=size, mode='bilinear',
+                if tuple(out.shape[-2:]) != tuple(out_size):
+                    out = F.interpolate(out, size=out_size, mode='bilinear',
                                         align_corners=self.spec.align_corners)
-                out = self._merge_term(out)
+                if len(scales) * len(flips) > 1:
+                    out = self._merge_term(out)
                 total = out if total is None else total + out
         return total
+
+    def _forward_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        """Run :meth:`forward`, in overlapping crops when ``x`` exceeds the model's crop size.
+
+        Crops overlap by a third (stride = 2/3 crop, as HRNet's and mmseg's slide tests) and
+        their logits are averaged where they overlap.
+        """
+        crop = self.spec.crop_size
+        h, w = x.shape[-2:]
+        if crop is None or (h <= crop[0] and w <= crop[1]):
+            return self.forward(x)
+        ch, cw = min(crop[0], h), min(crop[1], w)
+        sh, sw = max(1, (2 * ch) // 3), max(1, (2 * cw) // 3)
+        tops = list(range(0, h - ch, sh)) + [h - ch]
+        lefts = list(range(0, w - cw, sw)) + [w - cw]
+        total = x.new_zeros((x.shape[0], NUM_CLASSES, h, w))
+        count = x.new_zeros((1, 1, h, w))
+        for top in tops:
+            for left in lefts:
+                total[..., top:top + ch, left:left + cw] += self.forward(
+                    x[..., top:top + ch, left:left + cw])
+                count[..., top:top + ch, left:left + cw] += 1
+        return total / count
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -288,7 +339,7 @@ class Segmenter:
     @torch.inference_mode()
     def _predict_same_size(self, images: Sequence[np.ndarray], confidence: bool) -> list:
         height, width = images[0].shape[:2]
-        scores = self.scores(self.preprocess(images))
+        scores = self.scores(self.to_device(images))
         if confidence:
             conf, labels = self._probabilities(scores).max(dim=1)
         else:

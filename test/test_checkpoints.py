@@ -183,7 +183,7 @@ def register_tiny(monkeypatch, name: str = 'tiny', data: Optional[bytes] = None,
                    zoo.WeightsFile(f'{name}_wide.pth', wide_url,
                                    model_kwargs={'width': 8}))
     spec = zoo.ModelSpec(name=name, builder=TinyNet, num_classes=2, mean=zoo.IMAGENET_MEAN,
-                         std=zoo.IMAGENET_STD, test_size=(32, 64), keep_ratio=False,
+                         std=zoo.IMAGENET_STD, test_size=(32, 64), resize='fixed',
                          align_corners=False, output_stride=1, weights=weights, adapter=adapter)
     monkeypatch.setitem(zoo.ZOO, name, spec)
     return spec

@@ -12,6 +12,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+import dataclasses
+
 from cityseg_ros.engine import Prediction, resolve_device, Segmenter
 from cityseg_ros.errors import ConfigError, ImageError
 from cityseg_ros.labels import label_ids_to_train_ids
@@ -79,8 +81,8 @@ def test_flip_tta_is_mirror_symmetric():
     seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=SMALL, tta='flip')
     image = _images((64, 128))[0]
     with torch.inference_mode():
-        scores = seg.scores(seg.preprocess([image]))
-        mirrored = seg.scores(seg.preprocess([np.ascontiguousarray(image[:, ::-1])]))
+        scores = seg.scores(seg.to_device([image]))
+        mirrored = seg.scores(seg.to_device([np.ascontiguousarray(image[:, ::-1])]))
     torch.testing.assert_close(scores, mirrored.flip(-1), rtol=1e-4, atol=1e-4)
 
 
@@ -151,3 +153,35 @@ def test_official_weights_on_the_tiny_frame(shared):
     valid = gt != 255
     accuracy = (labels[valid] == gt[valid]).mean()
     assert accuracy > 0.75, accuracy
+
+
+@pytest.mark.parametrize('resize, image, expected', [
+    ('fixed', (1080, 1920), (512, 1024)),
+    ('fit', (1024, 2048), (1024, 2048)),
+    ('fit', (1080, 1920), (1024, 1820)),      # mmcv.imrescale to fit 2048x1024
+    ('long_side', (1080, 1920), (1152, 2048)),  # HRNet: long side = base_size 2048
+    ('long_side', (512, 1024), (1024, 2048)),
+])
+def test_net_size_follows_the_model_protocol(monkeypatch, seg, resize, image, expected):
+    spec = dataclasses.replace(seg.spec, resize=resize, size_divisor=1)
+    monkeypatch.setattr(seg, 'spec', spec)
+    monkeypatch.setattr(seg, 'input_size', (512, 1024) if resize == 'fixed' else (1024, 2048))
+    assert seg.net_size(*image) == expected
+
+
+def test_inputs_larger_than_the_crop_are_tiled_and_averaged(monkeypatch, seg):
+    x = seg.preprocess(_images((64, 128)))
+    whole = seg.forward(x)
+    calls = []
+    real_forward = seg.forward
+
+    def forward(crop):
+        calls.append(tuple(crop.shape[-2:]))
+        return real_forward(crop)
+    monkeypatch.setattr(seg, 'forward', forward)
+    monkeypatch.setattr(seg, 'spec', dataclasses.replace(seg.spec, crop_size=(64, 64)))
+    tiled = seg._forward_tiled(x)
+    assert tiled.shape == whole.shape
+    assert set(calls) == {(64, 64)} and len(calls) == 3  # lefts 0, 42, 64
+    # The network sees less context per crop, so only the bulk agrees.
+    assert (tiled.argmax(1) == whole.argmax(1)).float().mean() > 0.5

@@ -73,9 +73,14 @@ class ModelSpec:
         num_classes: channels the head outputs; only the first 19 are Cityscapes trainIds.
         mean, std: per-channel normalisation on the 0..255 RGB scale.
         test_size: (H, W) the image is resized to before the forward pass.
-        keep_ratio: resize so the image fits ``test_size`` keeping its aspect ratio (mmseg
-            'whole' / HRNet protocol) instead of resizing to exactly ``test_size``.
-        align_corners: how logits are upsampled back to the network input size.
+        resize: how an image is brought to the network: 'fixed' (exactly ``test_size``,
+            EdgeNets), 'fit' (keep the aspect ratio, fit inside ``test_size``: mmcv's
+            ``imrescale``) or 'long_side' (keep the ratio, long side = the larger of
+            ``test_size``: HRNet's ``base_size``). TTA scales multiply ``test_size``.
+        align_corners: how logits are upsampled.
+        logits_at_image_size: True: logits are upsampled to the camera image's size before
+            argmax (mmseg, HRNet); False: to the network input size, and the label map is
+            resized to the image with nearest neighbour (EdgeNets' test script).
         output_stride: input size / logit size of ``model(x)``.
         tta_scales: the multi-scale test-time augmentation scales of the published protocol.
         tta_merge: how augmented passes are combined: 'logits' (mean of logits), 'exp' (sum
@@ -95,9 +100,10 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     test_size: tuple[int, int]
-    keep_ratio: bool
+    resize: str
     align_corners: bool
     output_stride: int
+    logits_at_image_size: bool = True
     tta_scales: tuple[float, ...] = (1.0,)
     tta_merge: str = 'logits'
     size_divisor: int = 1
@@ -149,9 +155,10 @@ ZOO: dict[str, ModelSpec] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         test_size=(512, 1024),
-        keep_ratio=False,
+        resize='fixed',
         align_corners=True,
         output_stride=2,
+        logits_at_image_size=False,
         # EdgeNets publishes no multi-scale protocol: these scales are ours.
         tta_scales=(0.75, 1.0, 1.25),
         size_divisor=32,
@@ -179,7 +186,7 @@ ZOO: dict[str, ModelSpec] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         test_size=(1024, 2048),
-        keep_ratio=True,
+        resize='long_side',
         align_corners=True,
         output_stride=4,
         tta_scales=_SIX_SCALES,
@@ -203,7 +210,7 @@ ZOO: dict[str, ModelSpec] = {
         mean=IMAGENET_MEAN,  # mmseg's img_norm_cfg: the same statistics, RGB
         std=IMAGENET_STD,
         test_size=(1024, 2048),
-        keep_ratio=True,
+        resize='fit',
         align_corners=False,
         output_stride=4,
         tta_scales=_SIX_SCALES,
@@ -225,7 +232,7 @@ ZOO: dict[str, ModelSpec] = {
         mean=IMAGENET_MEAN,  # mmseg's img_norm_cfg: the same statistics, RGB
         std=IMAGENET_STD,
         test_size=(1024, 2048),
-        keep_ratio=True,
+        resize='fit',
         align_corners=False,
         output_stride=4,
         tta_scales=_SIX_SCALES,
