@@ -1,0 +1,286 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The node's parameters: one table, declared in a loop, read into a frozen NodeParams.
+
+Like stereo_image_proc's disparity_node, every tunable sits in :data:`PARAMS` with its default,
+description and range; rclpy enforces the ranges and ``read_only``, :func:`check_values` adds
+choices and cross-field rules with a reason, and :func:`markdown_table` writes the README table,
+so the three never disagree. ``config/segment.yaml`` is checked against the table by a test.
+"""
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from cityseg_ros.errors import ConfigError
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+__all__ = ['Param', 'PARAMS', 'NodeParams', 'PRECISIONS', 'TTA_MODES', 'RELIABILITIES',
+           'CAMERA_SETS', 'declare_params', 'read_params', 'check_values', 'markdown_table',
+           'on_set_parameters']
+
+Value = Union[str, int, float, bool, List[str]]
+
+# The engine's choices (cityseg_ros.engine, checked equal by a test); repeated so that this
+# table, the YAML check and the README need no torch import.
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+TTA_MODES = ('none', 'flip', 'multiscale')
+RELIABILITIES = ('best_effort', 'reliable')
+CAMERA_SETS = (['left', 'right'], ['left'])
+#: Smallest network input side the engine accepts (engine.MIN_IMAGE_SIDE).
+MIN_INPUT_SIDE = 16
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: what ``declare_parameter`` and the README need to know.
+
+    Attributes:
+        name: parameter name.
+        default: default value; its type is the parameter's type.
+        description: one line for ``ros2 param describe`` and the README.
+        range: inclusive (low, high) for numbers, enforced by rclpy.
+        choices: accepted strings, enforced by :func:`check_values`.
+        read_only: cannot change after start (``--ros-args -p`` or a params file only).
+        runtime: takes effect at once while active; otherwise at the next configure.
+    """
+
+    name: str
+    default: Value
+    description: str
+    range: Optional[Tuple[float, float]] = None  # noqa: A003 -- the name STYLE.md uses
+    choices: Tuple[str, ...] = ()
+    read_only: bool = False
+    runtime: bool = False
+
+
+PARAMS: Tuple[Param, ...] = (
+    Param('model', 'espnetv2', 'zoo model name (see README, "Models")', read_only=True),
+    Param('weights', 'auto',
+          "checkpoint file, 'auto' (the model's default file in the cache; fetch_weights "
+          "downloads it) or '' (random weights: tests and timing only)", read_only=True),
+    Param('device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
+          read_only=True),
+    Param('precision', 'fp32', 'inference precision; fp16 needs CUDA', choices=PRECISIONS),
+    Param('input_height', 0, "network input height in px, 0 = the model's test size",
+          range=(0, 8192)),
+    Param('input_width', 0, "network input width in px, 0 = the model's test size",
+          range=(0, 8192)),
+    Param('tta', 'none', 'test-time augmentation', choices=TTA_MODES),
+    Param('cameras', ['left', 'right'],
+          "cameras to segment: ['left', 'right'] (one batch per stereo pair) or ['left']"),
+    Param('publish_color', True, 'publish C/semantic/color (rgb8 palette image)'),
+    Param('publish_overlay', True, 'publish C/semantic/overlay (photo blended with the palette)'),
+    Param('publish_confidence', False,
+          'publish C/semantic/confidence (mono8, max softmax x 255)'),
+    Param('overlay_alpha', 0.5, 'photo weight in the overlay (0 = labels only, 1 = photo only)',
+          range=(0.0, 1.0), runtime=True),
+    Param('max_rate_hz', 0.0, 'segment at most this many pairs per second, 0 = unlimited',
+          range=(0.0, 1000.0), runtime=True),
+    Param('pair_tolerance_ms', 5.0,
+          'largest stamp difference between the left and right image of a pair, ms',
+          range=(0.0, 1000.0)),
+    Param('input_reliability', 'best_effort',
+          'input QoS reliability; best_effort (sensor data) also accepts reliable publishers',
+          choices=RELIABILITIES),
+    Param('input_depth', 5, 'input QoS history depth (keep last N)', range=(1, 100)),
+    Param('autostart', True, 'segment_node walks configure and activate at start',
+          read_only=True),
+)
+
+_BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """The parameters' values, read once per configure; see :data:`PARAMS` for meanings."""
+
+    model: str
+    weights: str
+    device: str
+    precision: str
+    input_height: int
+    input_width: int
+    tta: str
+    cameras: Tuple[str, ...]
+    publish_color: bool
+    publish_overlay: bool
+    publish_confidence: bool
+    overlay_alpha: float
+    max_rate_hz: float
+    pair_tolerance_ms: float
+    input_reliability: str
+    input_depth: int
+    autostart: bool
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> 'NodeParams':
+        """Build from a name -> value mapping (defaults for missing names), checked.
+
+        Raises:
+            ConfigError: with every reason :func:`check_values` finds.
+        """
+        merged = {p.name: p.default for p in PARAMS}
+        merged.update(values)
+        problems = check_values(merged)
+        if problems:
+            raise ConfigError('invalid parameters: ' + '; '.join(problems))
+        merged['cameras'] = tuple(merged['cameras'])
+        return cls(**{f.name: merged[f.name] for f in fields(cls)})
+
+    @property
+    def input_size(self) -> Optional[Tuple[int, int]]:
+        """(H, W) network input override, None for the model's own test size."""
+        if self.input_height and self.input_width:
+            return (self.input_height, self.input_width)
+        return None
+
+    @property
+    def weights_arg(self) -> Optional[str]:
+        """The Segmenter's ``weights`` argument: a path, 'auto', or None for random weights."""
+        return self.weights or None
+
+    @property
+    def stereo(self) -> bool:
+        """Whether left and right are segmented (and paired)."""
+        return len(self.cameras) > 1
+
+
+def check_values(values: Mapping[str, Any]) -> List[str]:
+    """Return the reasons ``values`` (name -> value, all names) are invalid; empty when valid.
+
+    rclpy already enforces types, numeric ranges and ``read_only``; these are the rules it
+    cannot express: string choices and rules that involve more than one parameter.
+    """
+    problems = []
+    for param in PARAMS:
+        value = values.get(param.name)
+        if param.choices and value not in param.choices:
+            problems.append(f'{param.name} {value!r} is not one of {", ".join(param.choices)}')
+        if param.range is not None and value is not None and not (
+                param.range[0] <= value <= param.range[1]):
+            problems.append(f'{param.name} {value} is outside [{param.range[0]}, '
+                            f'{param.range[1]}]')
+    cameras = list(values.get('cameras', []))
+    if cameras not in CAMERA_SETS:
+        problems.append(f'cameras {cameras} must be {CAMERA_SETS[0]} or {CAMERA_SETS[1]}')
+    height, width = values.get('input_height', 0), values.get('input_width', 0)
+    if bool(height) != bool(width):
+        problems.append(f'input_height {height} and input_width {width}: set both, or both 0 '
+                        "for the model's test size")
+    for name in ('input_height', 'input_width'):
+        if 0 < values.get(name, 0) < MIN_INPUT_SIDE:
+            problems.append(f'{name} {values[name]} is too small: 0 or >= {MIN_INPUT_SIDE} px')
+    if values.get('precision') == 'fp16' and str(values.get('device')).startswith('cpu'):
+        problems.append('precision fp16 needs a CUDA device but device is '
+                        f"{values.get('device')!r}: use bf16 or fp32 on CPU")
+    return problems
+
+
+def _descriptor(param: Param) -> ParameterDescriptor:
+    constraints = []
+    if param.choices:
+        constraints.append('one of: ' + ', '.join(param.choices))
+    if not param.read_only:
+        constraints.append('applies at once' if param.runtime else 'applies at next configure')
+    descriptor = ParameterDescriptor(
+        name=param.name,
+        type=Parameter.Type.from_parameter_value(param.default).value,
+        description=param.description,
+        additional_constraints='; '.join(constraints),
+        read_only=param.read_only)
+    if param.range is not None:
+        low, high = param.range
+        if isinstance(param.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
+        else:
+            descriptor.integer_range = [
+                IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+    return descriptor
+
+
+def declare_params(node: Node, overrides: Optional[Mapping[str, Value]] = None) -> None:
+    """Declare every parameter of :data:`PARAMS` on ``node``, with its descriptor.
+
+    Args:
+        node: the node.
+        overrides: values to use instead of the defaults (e.g. from a test); values given with
+            ``--ros-args -p`` or a params file still win, as for any declared parameter.
+    """
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(_BY_NAME)
+    if unknown:
+        raise ConfigError(f'unknown parameter(s) {sorted(unknown)}; known: {sorted(_BY_NAME)}')
+    for param in PARAMS:
+        node.declare_parameter(param.name, overrides.get(param.name, param.default),
+                               _descriptor(param))
+
+
+def read_params(node: Node) -> NodeParams:
+    """Read the current values into a :class:`NodeParams`.
+
+    Raises:
+        ConfigError: when the values break a rule, with every reason.
+    """
+    return NodeParams.from_values({p.name: node.get_parameter(p.name).value for p in PARAMS})
+
+
+def on_set_parameters(node: Node, parameters: Sequence[Parameter]) -> SetParametersResult:
+    """Check a set-parameters request against the current values; the reason says what is wrong.
+
+    Register with ``node.add_on_set_parameters_callback(lambda ps: on_set_parameters(node,
+    ps))`` after :func:`declare_params`.
+    """
+    values = {p.name: node.get_parameter(p.name).value for p in PARAMS
+              if node.has_parameter(p.name)}
+    for parameter in parameters:
+        if parameter.name in _BY_NAME:
+            values[parameter.name] = parameter.value
+    problems = check_values(values)
+    return SetParametersResult(successful=not problems, reason='; '.join(problems))
+
+
+def _format(value: Value) -> str:
+    if isinstance(value, bool):
+        return f'`{str(value).lower()}`'
+    if isinstance(value, list):
+        return '`[' + ', '.join(repr(v) for v in value) + ']`'
+    if isinstance(value, str):
+        return f"`'{value}'`"
+    return f'`{value}`'
+
+
+def markdown_table() -> str:
+    """Return the README's parameter table (GitHub markdown), generated from :data:`PARAMS`."""
+    lines = ['| Parameter | Default | Values | Changes | Description |',
+             '|---|---|---|---|---|']
+    for param in PARAMS:
+        if param.choices:
+            values = ', '.join(f'`{c}`' for c in param.choices)
+        elif param.range is not None:
+            values = f'{param.range[0]} .. {param.range[1]}'
+        elif isinstance(param.default, bool):
+            values = '`true`, `false`'
+        else:
+            values = ''
+        changes = ('read-only' if param.read_only
+                   else 'at runtime' if param.runtime else 'next configure')
+        description = param.description.replace('|', '\\|')
+        lines.append(f'| `{param.name}` | {_format(param.default)} | {values} | {changes} '
+                     f'| {description} |')
+    return '\n'.join(lines) + '\n'

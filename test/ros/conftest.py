@@ -1,0 +1,74 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Real rclpy for the node tests: one context per session, an executor, spin_until.
+
+test/conftest.py has already pinned discovery to localhost and a test domain; every test also
+gets its own namespace so parallel runs on one machine never see each other's topics.
+"""
+
+import os
+import time
+from typing import Callable
+import uuid
+
+import pytest
+
+
+def _spin_until(executor, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Spin ``executor`` until ``predicate()`` is true or ``timeout`` seconds pass.
+
+    Returns:
+        The predicate's final value, so ``assert spin_until(...)`` reads naturally.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=0.01)
+    return bool(predicate())
+
+
+@pytest.fixture(scope='session')
+def spin_until():
+    """Provide the helper: spin an executor until a predicate holds (see ``_spin_until``)."""
+    return _spin_until
+
+
+@pytest.fixture(scope='session')
+def rclpy_session():
+    """Initialise rclpy once (localhost-only, test domain), shut it down at the end."""
+    assert os.environ['ROS_LOCALHOST_ONLY'] == '1'
+    assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
+    import rclpy
+
+    rclpy.init()
+    yield rclpy
+    rclpy.try_shutdown()
+
+
+@pytest.fixture
+def executor(rclpy_session):
+    """Give each test a MultiThreadedExecutor, like the node's ``main``."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    ex = MultiThreadedExecutor(num_threads=2)
+    yield ex
+    ex.shutdown(timeout_sec=5.0)
+
+
+@pytest.fixture
+def namespace():
+    """Return a namespace unique to this test."""
+    return f'/t{uuid.uuid4().hex[:10]}'
