@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 . scripts/env.sh
-exec python -m cityseg_ros.tools.demo "$@"
+exec python -m cityseg_ros.ros.demo "$@"
