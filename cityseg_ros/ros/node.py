@@ -26,6 +26,7 @@ waits for the model.
 from collections import Counter
 from dataclasses import dataclass
 import functools
+import sys
 import threading
 import time
 import traceback
@@ -526,3 +527,7 @@ def main(args: Optional[List[str]] = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -28,17 +28,23 @@ from cityseg_ros.errors import ConfigError
 from cityseg_ros.models.zoo import model_names
 from cityseg_ros.tools.common import EXIT_OK, run_cli
 
-#: table name -> (module under cityseg_ros.bench, title).
+#: table name -> (module with ``run(runs=...) -> str``, title). The node table lives under
+#: cityseg_ros.ros because it needs rclpy; it is imported only when asked for.
 TABLES = {
-    'forward': ('forward_table', 'Model forward time'),
-    'render': ('render_table', 'Render and message encode per 2048x1024 frame'),
-    'metrics': ('metrics_table', 'Scoring speed against cityscapesscripts'),
+    'forward': ('cityseg_ros.bench.forward_table', 'Model forward time'),
+    'render': ('cityseg_ros.bench.render_table', 'Render and message encode per 2048x1024 frame'),
+    'node': ('cityseg_ros.ros.node_table',
+             'End-to-end latency through DDS (publisher process -> node process -> subscriber)'),
+    'stereo': ('cityseg_ros.bench.stereo_table',
+               'Stereo disparity and semantic cloud per 2048x1024 pair'),
+    'metrics': ('cityseg_ros.bench.metrics_table', 'Scoring speed against cityscapesscripts'),
+    'eval': ('cityseg_ros.bench.eval_table', 'Bag evaluator frames/s against cityscapesscripts'),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='benchmark', description=__doc__.splitlines()[0])
-    parser.add_argument('--tables', nargs='+', default=['forward', 'render'],
+    parser.add_argument('--tables', nargs='+', default=list(TABLES),
                         help=f'tables to print, from: {", ".join(TABLES)}')
     parser.add_argument('--models', nargs='+', default=['espnetv2'], choices=model_names())
     parser.add_argument('--device', default='auto')
@@ -54,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
     print(environment_line())
     for table in args.tables:
         module_name, title = TABLES[table]
-        module = importlib.import_module(f'cityseg_ros.bench.{module_name}')
+        module = importlib.import_module(module_name)
         kwargs = {'runs': args.runs}
         if table == 'forward':
             kwargs.update(models=args.models, device=args.device, batch_size=args.batch_size)
+        elif table == 'node':
+            kwargs.update(model=args.models[0], device=args.device)
+        elif table == 'eval':
+            kwargs.update(device=args.device)
         print(f'\n## {title}\n')
         print(module.run(**kwargs), flush=True)
     return EXIT_OK

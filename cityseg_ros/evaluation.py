@@ -1,0 +1,909 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Offline evaluation of a bag: segment (or read) each frame's labels and score them against GT.
+
+:class:`BagEvaluator` replays a rosbag2 (the ``make_bag`` layout by default): the camera images
+go through a :class:`~cityseg_ros.engine.Segmenter` in batches, or, with a predictions topic,
+the label images already recorded are scored as they are. Each frame's GT labelIds (and
+instanceIds, for iIoU) is matched to it by header stamp; the official scores are accumulated as
+:class:`~cityseg_ros.metrics.Counts`, so shards evaluated on several machines merge exactly
+(:func:`merge_evaluations`).
+
+Every stream (images or predictions, GT labels, GT instances) is read by its own
+:class:`~cityseg_ros.bags.BagReader`, the streams are merged by stamp and matched with the
+:class:`~cityseg_ros.pairing.StampPairer` the node uses. Reading them apart, rather than with
+``read_frames``, is what lets frames without GT be *listed* (stamp and reason) instead of
+silently dropped, and lets predictions be matched to GT without a camera image.
+
+Damaged bags: whatever was scored before a :class:`~cityseg_ros.errors.BagError` stays in
+:attr:`BagEvaluator.evaluation`, marked ``partial``, so a caller can still write it.
+"""
+
+import bisect
+import contextlib
+import csv
+from dataclasses import dataclass, field
+import heapq
+import json
+import logging
+import math
+from operator import itemgetter
+import os
+from pathlib import Path
+import statistics
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, TYPE_CHECKING, Union
+
+from cityseg_ros.bags import (BagReader, DEFAULT_TOLERANCE_NS, IMAGE_TYPE, TOPIC_GT_INSTANCE_IDS,
+                              TOPIC_GT_LABEL_IDS, TOPIC_LEFT_IMAGE, TopicInfo)
+from cityseg_ros.errors import BagError, CitysegError, ConfigError
+from cityseg_ros.labels import CATEGORY_NAMES, CLASS_NAMES, INSTANCE_CLASSES, NUM_CLASSES
+from cityseg_ros.metrics import Counts, INSTANCE_CATEGORIES, Scores
+from cityseg_ros.pairing import StampPairer
+import numpy as np
+
+if TYPE_CHECKING:  # the engine pulls in torch; scoring recorded predictions does not need it
+    from cityseg_ros.engine import Segmenter
+
+__all__ = [
+    'OUTPUT_FILES', 'EvalOptions', 'ModelInfo', 'FrameResult', 'SkippedFrame', 'StageTiming',
+    'Evaluation', 'BagEvaluator', 'merge_evaluations', 'load_evaluation', 'write_outputs',
+    'write_metrics_json', 'write_report', 'write_confusion_png', 'write_frames_csv',
+]
+
+_LOG = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: What :func:`write_outputs` writes into the output folder.
+OUTPUT_FILES: tuple[str, ...] = ('metrics.json', 'report.md', 'confusion.png', 'frames.csv',
+                                 'counts.npz')
+
+# Stream keys: the frames to score ('ref': camera images or predictions), then the GT.
+_REF, _GT, _INST = 'ref', 'gt', 'inst'
+# A pairer for bags may hold a few frames while partners logged a little apart arrive (as
+# BagReader.read_frames does).
+_MAX_PENDING = 16
+_FRAME_FIELDS = ('stamp_ns', 'pixel_accuracy', 'miou', 'decode_ms', 'inference_ms',
+                 'scoring_ms')
+# Skipped frames listed in report.md; metrics.json lists them all.
+_REPORT_SKIPPED = 50
+
+
+# --------------------------------------------------------------------------------------------
+# Typed records
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to read from the bag and which part of it to evaluate.
+
+    Attributes:
+        left_topic: camera images to segment (any encoding the node accepts).
+        gt_topic: mono8 Cityscapes labelIds.
+        instance_topic: mono16 Cityscapes instanceIds (for iIoU), or None for none.
+        require_instances: a missing ``instance_topic`` is an error; when False it is logged
+            and iIoU is left undefined.
+        predictions_topic: score the mono8 trainId images of this topic (e.g. the node's
+            ``left/semantic/labels`` recorded in the bag) instead of running a model.
+        limit: evaluate only the first ``limit`` complete frames of the bag (counted before
+            sharding, so the shards of a limited run merge into the limited run).
+        shard: ``(i, n)``: evaluate complete frames k with ``k % n == i`` (k counts the frames
+            that have their GT, in stamp order, from 0).
+        batch_size: images per forward pass.
+        tolerance_ns: largest header stamp difference between a frame and its GT.
+    """
+
+    left_topic: str = TOPIC_LEFT_IMAGE
+    gt_topic: str = TOPIC_GT_LABEL_IDS
+    instance_topic: Optional[str] = TOPIC_GT_INSTANCE_IDS
+    require_instances: bool = True
+    predictions_topic: Optional[str] = None
+    limit: Optional[int] = None
+    shard: tuple[int, int] = (0, 1)
+    batch_size: int = 1
+    tolerance_ns: int = DEFAULT_TOLERANCE_NS
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first option that cannot work."""
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ConfigError(f'shard {index}/{count} does not exist; use i/n with 0 <= i < n, '
+                              'e.g. 0/2 and 1/2')
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f'limit must be at least 1 frame, got {self.limit}')
+        if self.batch_size < 1:
+            raise ConfigError(f'batch size must be at least 1, got {self.batch_size}')
+        if self.tolerance_ns < 0:
+            raise ConfigError(f'stamp tolerance must be >= 0, got {self.tolerance_ns} ns')
+        topics = [t for t in (self.scored_topic, self.gt_topic, self.instance_topic) if t]
+        if len(set(topics)) != len(topics):
+            raise ConfigError(f'the scored, GT and instance topics must differ, got {topics}')
+
+    @property
+    def scored_topic(self) -> str:
+        """The topic whose frames are scored: the predictions topic, else the camera topic."""
+        return self.predictions_topic or self.left_topic
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that produced the labels, as recorded in ``metrics.json``."""
+
+    name: str
+    weights: Optional[str]
+    device: str
+    precision: str
+    tta: str
+    input_size: tuple[int, int]
+
+    @classmethod
+    def from_segmenter(cls, segmenter: 'Segmenter') -> 'ModelInfo':
+        """Describe a :class:`~cityseg_ros.engine.Segmenter` (weights None = random)."""
+        weights = segmenter.weights_path
+        return cls(segmenter.spec.name, None if weights is None else str(weights),
+                   str(segmenter.device), segmenter.precision, segmenter.tta,
+                   (int(segmenter.input_size[0]), int(segmenter.input_size[1])))
+
+
+class FrameResult(NamedTuple):
+    """One scored frame: a row of ``frames.csv``.
+
+    ``decode_ms`` is the time spent reading, deserialising and decoding the bag since the
+    previous scored frame (frames of other shards included); ``inference_ms`` is the frame's
+    share of its batch's ``Segmenter.predict`` (0 when scoring recorded predictions).
+    """
+
+    stamp_ns: int
+    pixel_accuracy: float
+    miou: float
+    decode_ms: float
+    inference_ms: float
+    scoring_ms: float
+
+
+class SkippedFrame(NamedTuple):
+    """A frame that was not scored, and why."""
+
+    stamp_ns: int
+    reason: str
+
+
+@dataclass
+class StageTiming:
+    """Seconds spent per stage over a whole run (summed over shards when merged).
+
+    Attributes:
+        decode_s: reading, deserialising and decoding messages.
+        inference_s: ``Segmenter.predict``.
+        scoring_s: counting and per-frame scores.
+        wall_s: the whole run, from opening the bag to the last frame.
+        workers: runs summed here (shards of a merged evaluation).
+    """
+
+    decode_s: float = 0.0
+    inference_s: float = 0.0
+    scoring_s: float = 0.0
+    wall_s: float = 0.0
+    workers: int = 1
+
+
+def _json_float(value: Optional[float]) -> Optional[float]:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _stage_stats(values: Sequence[float]) -> dict[str, Optional[float]]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return {'mean': None, 'p50': None, 'p95': None}
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {'mean': statistics.fmean(ordered), 'p50': statistics.median(ordered), 'p95': p95}
+
+
+@dataclass(eq=False)
+class Evaluation:
+    """Everything an evaluation produced; :meth:`to_dict` is ``metrics.json``.
+
+    Attributes:
+        counts: the official scores' counts over all scored frames.
+        frames: one row per scored frame, in the order scored.
+        skipped: frames not scored (no GT, sizes differ, ...), by stamp.
+        timing: per-stage totals.
+        bag: the bag evaluated (several, comma-separated, for a merge of several bags).
+        model: the model, or None when recorded predictions were scored.
+        topics: role (``scored``, ``gt``, ``instance``) -> topic name (None: not read).
+        shard: ``(i, n)`` of this run; None for a merge.
+        limit: the frame limit of the run, or None.
+        partial: the run stopped before the end of the bag (damage, interruption) or a merge
+            lacks shards: the scores cover only :attr:`frames`.
+        error: why it is partial.
+        merged_from: the shard folders a merge read.
+    """
+
+    counts: Counts = field(default_factory=Counts)
+    frames: list[FrameResult] = field(default_factory=list)
+    skipped: list[SkippedFrame] = field(default_factory=list)
+    timing: StageTiming = field(default_factory=StageTiming)
+    bag: Optional[str] = None
+    model: Optional[ModelInfo] = None
+    topics: dict[str, Optional[str]] = field(default_factory=dict)
+    shard: Optional[tuple[int, int]] = (0, 1)
+    limit: Optional[int] = None
+    partial: bool = False
+    error: Optional[str] = None
+    merged_from: list[str] = field(default_factory=list)
+
+    @property
+    def scores(self) -> Scores:
+        """The official scores of the counts (NaN where undefined)."""
+        return Scores.from_counts(self.counts)
+
+    @property
+    def frames_per_s(self) -> float:
+        """Scored frames per second of wall time (per worker for a merge); NaN if unknown."""
+        wall = self.timing.wall_s
+        return len(self.frames) / wall if wall > 0 and self.frames else math.nan
+
+    def timing_dict(self) -> dict[str, Any]:
+        """Return the ``timing`` entry of ``metrics.json``: totals and per-frame ms stats."""
+        out: dict[str, Any] = {
+            'frames_per_s': _json_float(self.frames_per_s),
+            'wall_s': self.timing.wall_s,
+            'decode_s': self.timing.decode_s,
+            'inference_s': self.timing.inference_s,
+            'scoring_s': self.timing.scoring_s,
+            'workers': self.timing.workers,
+        }
+        for stage in ('decode_ms', 'inference_ms', 'scoring_ms'):
+            out[stage] = _stage_stats([getattr(row, stage) for row in self.frames])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return ``metrics.json``: the ``evaluate`` contract keys first, NaN as None (null).
+
+        Contract keys: ``miou``, ``class_iou``, ``category_iou``, ``miou_category``, ``iiou``,
+        ``iiou_category``, ``confusion`` (19x19, GT rows x predicted columns), ``frames``
+        (frames scored), ``timing``. Then: ``class_iiou``, ``category_iiou``,
+        ``pixel_accuracy``, ``confusion_void`` (per GT class, pixels predicted outside 0..18),
+        ``instance_frames``, ``skipped``, ``partial``, ``error``, ``bag``, ``model``,
+        ``topics``, ``shard``, ``limit`` and, for a merge, ``merged_from``.
+        """
+        scores = self.scores
+        out = scores.to_dict()
+        out['frames'] = self.counts.frames
+        out['timing'] = self.timing_dict()
+        out.update({
+            'class_iiou': {k: _json_float(v) for k, v in scores.class_iiou.items()},
+            'category_iiou': {k: _json_float(v) for k, v in scores.category_iiou.items()},
+            'pixel_accuracy': _json_float(scores.pixel_accuracy),
+            'confusion_void': self.counts.confusion[:, NUM_CLASSES].tolist(),
+            'instance_frames': self.counts.instance_frames,
+            'skipped': [{'stamp_ns': s.stamp_ns, 'reason': s.reason} for s in self.skipped],
+            'partial': self.partial,
+            'error': self.error,
+            'bag': self.bag,
+            'model': None if self.model is None else {
+                'name': self.model.name, 'weights': self.model.weights,
+                'device': self.model.device, 'precision': self.model.precision,
+                'tta': self.model.tta, 'input_size': list(self.model.input_size)},
+            'topics': dict(self.topics),
+            'shard': None if self.shard is None else list(self.shard),
+            'limit': self.limit,
+        })
+        if self.merged_from:
+            out['merged_from'] = list(self.merged_from)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluator
+
+
+class _Work(NamedTuple):
+    """A matched frame waiting for its batch."""
+
+    stamp_ns: int
+    scored: np.ndarray  # HxWx3 RGB camera image, or HxW predicted trainIds
+    gt: np.ndarray
+    instances: Optional[np.ndarray]
+    decode_s: float
+
+
+_ROLE_TEXT = {
+    _REF: ('camera images', '--left-topic'),
+    _GT: ('ground truth labelIds', '--gt-topic'),
+    _INST: ('ground truth instanceIds', '--instance-topic'),
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = ' '.join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class BagEvaluator:
+    """Evaluate one bag (or one shard of it); the result grows in :attr:`evaluation`.
+
+    Example:
+        >>> evaluator = BagEvaluator('cityscapes_bag', EvalOptions(batch_size=2))
+        >>> evaluator.check()                 # topics present? (before loading a model)
+        >>> result = evaluator.run(Segmenter('espnetv2', weights='auto'))
+        >>> write_outputs(result, 'eval_out')
+    """
+
+    def __init__(self, bag: PathLike, options: Optional[EvalOptions] = None) -> None:
+        """Prepare an evaluation; nothing is read yet.
+
+        Args:
+            bag: a rosbag2 directory, or one .mcap / .db3 file.
+            options: topics, limit, shard, batch size; the defaults read the make_bag layout.
+
+        Raises:
+            ConfigError: an option cannot work (see :meth:`EvalOptions.validate`).
+        """
+        options = options or EvalOptions()
+        options.validate()
+        self.bag = Path(bag)
+        self.options = options
+        self.evaluation = Evaluation(bag=str(self.bag), shard=options.shard,
+                                     limit=options.limit)
+        self._topics: Optional[dict[str, str]] = None
+        self._counts: dict[str, Optional[int]] = {}
+        self._ran = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    def check(self) -> dict[str, TopicInfo]:
+        """Open the bag and check that every topic to read is there and holds images.
+
+        Cheap: call it before loading a model. A missing instance topic is allowed when
+        ``options.require_instances`` is False (iIoU is then undefined).
+
+        Returns:
+            Every topic of the bag -> :class:`~cityseg_ros.bags.TopicInfo`.
+
+        Raises:
+            BagError: the bag cannot be opened, a topic is missing (the message lists the
+                topics present) or holds no images. :attr:`evaluation` is then marked partial.
+        """
+        try:
+            with BagReader(self.bag) as reader:
+                topics = reader.topics
+            self._topics = self._resolve_topics(topics)
+        except BagError as exc:
+            self._fail(exc)
+            raise
+        self._counts = {role: topics[topic].count for role, topic in self._topics.items()}
+        return topics
+
+    @property
+    def expected_frames(self) -> Optional[int]:
+        """Frames this run will score at most (from the bag's message counts), if known."""
+        count = self._counts.get(_REF)
+        if count is None:
+            return None
+        if self.options.limit is not None:
+            count = min(count, self.options.limit)
+        index, shards = self.options.shard
+        return len(range(index, count, shards))
+
+    def run(self, segmenter: Optional['Segmenter'] = None,
+            on_frame: Optional[Callable[[FrameResult], None]] = None) -> Evaluation:
+        """Score the bag's frames and return :attr:`evaluation`.
+
+        Args:
+            segmenter: the model, unless ``options.predictions_topic`` is set.
+            on_frame: called after each scored frame (e.g. to advance a progress bar).
+
+        Returns:
+            The evaluation, complete.
+
+        Raises:
+            BagError: the bag is missing a topic, holds a message that cannot be used, or is
+                damaged. Frames scored before it stay in :attr:`evaluation`, which is marked
+                ``partial`` with the error; the same happens for any other exception
+                (KeyboardInterrupt included) before it propagates.
+            ConfigError: a segmenter is missing, or given together with a predictions topic;
+                or this evaluator ran already (make a new one: results would add up).
+        """
+        if self._ran:
+            raise ConfigError('this BagEvaluator has run already; make a new one per run')
+        if (segmenter is None) == (self.options.predictions_topic is None):
+            raise ConfigError('pass a segmenter, or set predictions_topic to score recorded '
+                              'labels (not both)')
+        self._ran = True
+        evaluation = self.evaluation
+        evaluation.model = None if segmenter is None else ModelInfo.from_segmenter(segmenter)
+        started = time.perf_counter()
+        try:
+            if self._topics is None:
+                self.check()
+            with contextlib.ExitStack() as stack:
+                self._score(self._streams(stack), segmenter, on_frame)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            evaluation.timing.wall_s = time.perf_counter() - started
+        _LOG.info('%s: scored %d frames (%d skipped) in %.1f s, %.2f frames/s', self.bag,
+                  len(evaluation.frames), len(evaluation.skipped), evaluation.timing.wall_s,
+                  evaluation.frames_per_s)
+        return evaluation
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        self.evaluation.partial = True
+        self.evaluation.error = _one_line(exc)
+
+    def _resolve_topics(self, topics: dict[str, TopicInfo]) -> dict[str, str]:
+        opts = self.options
+        wanted = {_REF: opts.scored_topic, _GT: opts.gt_topic}
+        if opts.instance_topic and (opts.instance_topic in topics or opts.require_instances):
+            wanted[_INST] = opts.instance_topic
+        present = ', '.join(sorted(topics)) or 'none'
+        for role, topic in wanted.items():
+            what, flag = _ROLE_TEXT[role]
+            if role == _REF and opts.predictions_topic:
+                what, flag = 'predicted trainIds', '--predictions-topic'
+            if topic not in topics:
+                raise BagError(f'bag {self.bag} has no topic {topic} ({what}); topics present: '
+                               f'{present}; pass the right one with {flag}')
+            if topics[topic].msgtype != IMAGE_TYPE:
+                raise BagError(f'topic {topic} of bag {self.bag} holds {topics[topic].msgtype}, '
+                               f'not {IMAGE_TYPE} ({what}); pass an image topic with {flag}')
+        if opts.instance_topic and _INST not in wanted:
+            _LOG.warning('bag %s has no %s: frames are scored without instance ids, iIoU is '
+                         'undefined', self.bag, opts.instance_topic)
+        self.evaluation.topics = {'scored': wanted[_REF], 'gt': wanted[_GT],
+                                  'instance': wanted.get(_INST)}
+        return wanted
+
+    def _streams(self, stack: contextlib.ExitStack) -> list[Iterator[tuple[int, str, Any]]]:
+        """One reader per topic: (stamp_ns, role, array) in log-time order."""
+        assert self._topics is not None
+
+        def reader() -> BagReader:
+            return stack.enter_context(BagReader(self.bag))
+
+        def images(role: str, topic: str) -> Iterator[tuple[int, str, Any]]:
+            for record in reader().read_images(topic):
+                yield record.stamp_ns, role, record.image
+
+        def camera(topic: str) -> Iterator[tuple[int, str, Any]]:
+            # read_frames converts every camera encoding (mono, bayer, bgr) to RGB.
+            frames = reader().read_frames(topic, tolerance_ns=self.options.tolerance_ns)
+            for frame in frames:
+                yield frame.stamp_ns, _REF, frame.left
+
+        streams = []
+        for role, topic in self._topics.items():
+            if role == _REF and not self.options.predictions_topic:
+                streams.append(camera(topic))
+            else:
+                streams.append(images(role, topic))
+        return streams
+
+    def _score(self, streams: list, segmenter: Optional['Segmenter'],
+               on_frame: Optional[Callable[[FrameResult], None]]) -> None:
+        assert self._topics is not None
+        opts = self.options
+        keys = list(self._topics)
+        pairer = StampPairer(keys, opts.tolerance_ns, max_pending=_MAX_PENDING)
+        seen: dict[str, list[int]] = {key: [] for key in keys}
+        matched: dict[str, set[int]] = {key: set() for key in keys}
+        merged = heapq.merge(*streams, key=itemgetter(0))
+        batch: list[_Work] = []
+        index = 0
+        decode_s = 0.0
+        finished = False
+        try:
+            while opts.limit is None or index < opts.limit:
+                start = time.perf_counter()
+                try:
+                    stamp, role, array = next(merged)
+                except StopIteration:
+                    finished = True
+                    break
+                finally:
+                    decode_s += time.perf_counter() - start
+                seen[role].append(stamp)
+                match = pairer.push(role, stamp, array)
+                if match is None:
+                    continue
+                for key, key_stamp in match.stamps.items():
+                    matched[key].add(key_stamp)
+                index += 1
+                if (index - 1) % opts.shard[1] != opts.shard[0]:
+                    continue
+                work = self._work(match.stamp_ns, match.items, decode_s)
+                decode_s = 0.0
+                if work is None:
+                    continue
+                batch.append(work)
+                if len(batch) >= opts.batch_size:
+                    self._flush(batch, segmenter, on_frame)
+        except BagError:
+            self._flush(batch, segmenter, on_frame)  # frames read before the damage count
+            raise
+        finally:
+            self._list_unmatched(seen, matched, None if finished else self._last_stamp(matched))
+        self._flush(batch, segmenter, on_frame)
+
+    @staticmethod
+    def _last_stamp(matched: dict[str, set[int]]) -> int:
+        """Stamps at or after this one may have lost their partners to an early stop."""
+        return max(matched[_REF], default=-1)
+
+    def _work(self, stamp: int, items: dict[str, np.ndarray], decode_s: float) -> Optional[_Work]:
+        """Check one matched frame; list it as skipped (and return None) if it cannot be used."""
+        assert self._topics is not None
+        scored, gt, instances = items[_REF], items[_GT], items.get(_INST)
+        if gt.ndim != 2 or gt.dtype != np.uint8:
+            raise BagError(f'{self._topics[_GT]} at stamp {stamp} ns holds a {gt.dtype} image '
+                           f'of shape {gt.shape}, not mono8 labelIds; pass the labelIds topic '
+                           'with --gt-topic')
+        if instances is not None and (instances.ndim != 2
+                                      or not np.issubdtype(instances.dtype, np.integer)):
+            raise BagError(f'{self._topics[_INST]} at stamp {stamp} ns holds a '
+                           f'{instances.dtype} image of shape {instances.shape}, not mono16 '
+                           'instanceIds; pass the instanceIds topic with --instance-topic')
+        if self.options.predictions_topic and (scored.ndim != 2 or
+                                               not np.issubdtype(scored.dtype, np.integer)):
+            raise BagError(f'{self._topics[_REF]} at stamp {stamp} ns holds a {scored.dtype} '
+                           f'image of shape {scored.shape}, not mono8 trainIds; pass a labels '
+                           'topic (e.g. left/semantic/labels) with --predictions-topic')
+        what = 'prediction' if self.options.predictions_topic else 'image'
+        sizes = {what: scored.shape[:2], 'ground truth': gt.shape}
+        if instances is not None:
+            sizes['instanceIds'] = instances.shape
+        if len(set(sizes.values())) > 1:
+            text = ', '.join(f'{name} {shape[1]}x{shape[0]}' for name, shape in sizes.items())
+            self._skip(stamp, f'sizes differ: {text}')
+            return None
+        return _Work(stamp, scored, gt, instances, decode_s)
+
+    def _flush(self, batch: list[_Work], segmenter: Optional['Segmenter'],
+               on_frame: Optional[Callable[[FrameResult], None]]) -> None:
+        if not batch:
+            return
+        evaluation = self.evaluation
+        inference_s = 0.0
+        if segmenter is not None:
+            start = time.perf_counter()
+            labels = [p.labels for p in segmenter.predict([w.scored for w in batch])]
+            inference_s = (time.perf_counter() - start) / len(batch)
+        else:
+            labels = [w.scored for w in batch]
+        for work, pred in zip(batch, labels):
+            start = time.perf_counter()
+            # Added straight into the totals, so the iIoU sums grow in the official order
+            # (merging per-frame subtotals would round differently); the frame's own scores
+            # come from its share of the confusion matrix.
+            before = evaluation.counts.confusion.copy()
+            evaluation.counts.add(work.gt, pred, work.instances)
+            frame_scores = Scores.from_counts(Counts(evaluation.counts.confusion - before))
+            scoring_s = time.perf_counter() - start
+            row = FrameResult(work.stamp_ns, frame_scores.pixel_accuracy, frame_scores.miou,
+                              work.decode_s * 1e3, inference_s * 1e3, scoring_s * 1e3)
+            evaluation.frames.append(row)
+            evaluation.timing.decode_s += work.decode_s
+            evaluation.timing.inference_s += inference_s
+            evaluation.timing.scoring_s += scoring_s
+            if on_frame is not None:
+                on_frame(row)
+        batch.clear()
+
+    def _skip(self, stamp: int, reason: str) -> None:
+        _LOG.info('%s: frame at stamp %d ns skipped: %s', self.bag, stamp, reason)
+        self.evaluation.skipped.append(SkippedFrame(stamp, reason))
+
+    def _list_unmatched(self, seen: dict[str, list[int]], matched: dict[str, set[int]],
+                        cutoff: Optional[int]) -> None:
+        """List the frames that never got all their parts (before ``cutoff``, if given)."""
+        tolerance = self.options.tolerance_ns
+        ordered = {key: sorted(stamps) for key, stamps in seen.items()}
+
+        def near(key: str, stamp: int) -> bool:
+            stamps = ordered[key]
+            pos = bisect.bisect_left(stamps, stamp)
+            return any(abs(stamps[i] - stamp) <= tolerance
+                       for i in (pos - 1, pos) if 0 <= i < len(stamps))
+
+        skipped = []
+        for key in (_REF, _GT):
+            for stamp in ordered[key]:
+                if stamp in matched[key] or (cutoff is not None and stamp >= cutoff):
+                    continue
+                if key == _REF:
+                    missing = [_ROLE_TEXT[k][0] for k in ordered if k != _REF
+                               and not near(k, stamp)]
+                    reason = (f'no {" and no ".join(missing)} within {tolerance / 1e6:g} ms'
+                              if missing else 'its ground truth came out of order')
+                elif not near(_REF, stamp):
+                    reason = ('ground truth without a prediction' if self.options.
+                              predictions_topic else 'ground truth without a camera image')
+                else:
+                    continue  # listed with its frame
+                skipped.append(SkippedFrame(stamp, reason))
+        if skipped:
+            _LOG.info('%s: %d frames without all their parts were skipped', self.bag,
+                      len(skipped))
+        self.evaluation.skipped = sorted(set(self.evaluation.skipped) | set(skipped))
+
+
+# --------------------------------------------------------------------------------------------
+# Shards: load and merge
+
+
+def _float(text: str) -> float:
+    return float(text) if text not in ('', 'nan', 'None') else math.nan
+
+
+def load_evaluation(folder: PathLike) -> Evaluation:
+    """Read an evaluation written by :func:`write_outputs` (a shard) back.
+
+    ``counts.npz`` is required; ``metrics.json`` (run description, timing, skipped frames)
+    and ``frames.csv`` (per-frame rows) are read when present.
+
+    Args:
+        folder: the output folder, or its ``counts.npz``.
+
+    Raises:
+        CitysegError: no counts file, or a damaged one.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    counts = Counts.load(folder / 'counts.npz')
+    evaluation = Evaluation(counts=counts, shard=None, merged_from=[str(folder)])
+    metrics_path = folder / 'metrics.json'
+    if metrics_path.is_file():
+        try:
+            data = json.loads(metrics_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CitysegError(f'{metrics_path} is not readable JSON ({exc}); re-run that '
+                               'shard or remove the file to merge its counts alone') from exc
+        timing = data.get('timing') or {}
+        model = data.get('model')
+        evaluation.bag = data.get('bag')
+        evaluation.model = None if model is None else ModelInfo(
+            model['name'], model.get('weights'), model.get('device', ''),
+            model.get('precision', ''), model.get('tta', ''), tuple(model['input_size']))
+        evaluation.topics = dict(data.get('topics') or {})
+        evaluation.shard = tuple(data['shard']) if data.get('shard') else None
+        evaluation.limit = data.get('limit')
+        evaluation.partial = bool(data.get('partial'))
+        evaluation.error = data.get('error')
+        evaluation.skipped = [SkippedFrame(int(s['stamp_ns']), str(s['reason']))
+                              for s in data.get('skipped', [])]
+        evaluation.timing = StageTiming(
+            *(float(timing.get(k) or 0.0) for k in ('decode_s', 'inference_s', 'scoring_s',
+                                                    'wall_s')),
+            workers=int(timing.get('workers') or 1))
+    frames_path = folder / 'frames.csv'
+    if frames_path.is_file():
+        with frames_path.open(newline='') as handle:
+            evaluation.frames = [
+                FrameResult(int(row['stamp_ns']), *(_float(row[k]) for k in _FRAME_FIELDS[1:]))
+                for row in csv.DictReader(handle)]
+    return evaluation
+
+
+def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
+    """Add up shard evaluations (or evaluations of different bags) into one.
+
+    Counts, frames and stage times add up; skipped frames are listed once. The result is
+    partial when any part is, or when a bag's shards are not all there.
+
+    Raises:
+        ConfigError: no parts; a shard given twice; parts scored by different models, or
+            some by a model and some from recorded predictions.
+    """
+    if not parts:
+        raise ConfigError('nothing to merge: pass the output folders of the shards')
+    described = [p for p in parts if p.bag is not None]
+    sources = {(p.model.name, p.model.weights and Path(p.model.weights).name)
+               if p.model else ('predictions', p.topics.get('scored')) for p in described}
+    if len(sources) > 1:
+        raise ConfigError(f'the parts were scored differently ({sorted(map(str, sources))}); '
+                          'merge only the shards of one evaluation')
+    shards: dict[tuple[str, int], set[int]] = {}
+    for part in described:
+        if part.shard is None:
+            continue
+        key = (Path(part.bag).name, part.shard[1])
+        if part.shard[0] in shards.setdefault(key, set()):
+            raise ConfigError(f'shard {part.shard[0]}/{part.shard[1]} of {key[0]} is given twice; '
+                              'pass each shard folder once')
+        shards[key].add(part.shard[0])
+    errors = [f'{", ".join(p.merged_from)}: {p.error}' for p in parts if p.partial]
+    for (bag, count), present in sorted(shards.items()):
+        missing = sorted(set(range(count)) - present)
+        if missing:
+            errors.append(f'shard(s) {", ".join(f"{i}/{count}" for i in missing)} of {bag} '
+                          'missing')
+    merged = Evaluation(shard=None)
+    for part in parts:
+        merged.counts.merge(part.counts)
+        merged.frames.extend(part.frames)
+        for name in ('decode_s', 'inference_s', 'scoring_s', 'wall_s'):
+            setattr(merged.timing, name,
+                    getattr(merged.timing, name) + getattr(part.timing, name))
+        merged.merged_from.extend(part.merged_from)
+    merged.timing.workers = sum(part.timing.workers for part in parts)
+    merged.frames.sort(key=itemgetter(0))
+    merged.skipped = sorted({s for part in parts for s in part.skipped})
+    bags = sorted({p.bag for p in described})
+    merged.bag = ', '.join(bags) if bags else None
+    merged.model = next((p.model for p in described if p.model), None)
+    merged.topics = next((dict(p.topics) for p in described if p.topics), {})
+    limits = {p.limit for p in described}
+    merged.limit = limits.pop() if len(limits) == 1 else None
+    merged.partial = bool(errors)
+    merged.error = '; '.join(errors) or None
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+
+
+def write_outputs(evaluation: Evaluation, out_dir: PathLike) -> list[Path]:
+    """Write :data:`OUTPUT_FILES` into ``out_dir`` (created if needed); return their paths."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f'cannot create the output folder {out}: {exc.strerror}; pass a '
+                          'writable --out') from exc
+    paths = [out / name for name in OUTPUT_FILES]
+    write_metrics_json(evaluation, paths[0])
+    write_report(evaluation, paths[1])
+    write_confusion_png(evaluation, paths[2])
+    write_frames_csv(evaluation, paths[3])
+    evaluation.counts.save(paths[4])
+    return paths
+
+
+def write_metrics_json(evaluation: Evaluation, path: PathLike) -> None:
+    """Write :meth:`Evaluation.to_dict` as JSON (strict: undefined scores are null)."""
+    text = json.dumps(evaluation.to_dict(), indent=2, allow_nan=False)
+    Path(path).write_text(text + '\n')
+
+
+def write_frames_csv(evaluation: Evaluation, path: PathLike) -> None:
+    """Write one row per scored frame; floats at full precision, NaN as an empty cell."""
+    with Path(path).open('w', newline='') as handle:
+        writer = csv.writer(handle, lineterminator='\n')
+        writer.writerow(_FRAME_FIELDS)
+        for row in evaluation.frames:
+            writer.writerow([row.stamp_ns] + ['' if math.isnan(v) else repr(float(v))
+                                              for v in row[1:]])
+
+
+def _pct(value: Optional[float]) -> str:
+    return 'n/a' if value is None or math.isnan(value) else f'{100 * value:.2f}'
+
+
+def _ms(value: Optional[float]) -> str:
+    return 'n/a' if value is None else f'{value:.1f}'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+    return lines + ['']
+
+
+def write_report(evaluation: Evaluation, path: PathLike) -> None:
+    """Write a markdown report: scores per class and category, timing, skipped frames."""
+    scores = evaluation.scores
+    conf = evaluation.counts.confusion
+    lines = ['# Cityscapes evaluation', '']
+    source = 'recorded predictions on ' + str(evaluation.topics.get('scored'))
+    if evaluation.model is not None:
+        m = evaluation.model
+        source = (f'{m.name} (weights {m.weights or "random"}, {m.device}, {m.precision}, '
+                  f'tta {m.tta}, input {m.input_size[0]}x{m.input_size[1]})')
+    lines += [f'- bag: `{evaluation.bag}`', f'- labels: {source}',
+              f'- frames scored: {evaluation.counts.frames} ({evaluation.counts.instance_frames}'
+              f' with instance ids), skipped: {len(evaluation.skipped)}']
+    if evaluation.shard is not None and evaluation.shard[1] > 1:
+        lines.append(f'- shard: {evaluation.shard[0]}/{evaluation.shard[1]}')
+    if evaluation.limit is not None:
+        lines.append(f'- limit: first {evaluation.limit} frames')
+    if evaluation.merged_from and evaluation.shard is None:
+        lines.append(f'- merged from: {", ".join(evaluation.merged_from)}')
+    lines.append('')
+    if evaluation.partial:
+        lines += [f'> **Partial result**: {evaluation.error}. The scores cover only the '
+                  f'{evaluation.counts.frames} frames scored.', '']
+    lines += ['## Summary', '', 'Official Cityscapes scores (cityscapesScripts definitions), '
+              'in percent; n/a = undefined (no GT and no prediction).', '']
+    lines += _table(['score', 'classes', 'categories'], [
+        ['IoU (mean)', _pct(scores.miou), _pct(scores.miou_category)],
+        ['iIoU (mean)', _pct(scores.iiou), _pct(scores.iiou_category)],
+        ['pixel accuracy', _pct(scores.pixel_accuracy), '']])
+    lines += ['## Classes', '']
+    rows = []
+    for index, name in enumerate(CLASS_NAMES):
+        rows.append([name, _pct(scores.class_iou[name]),
+                     _pct(scores.class_iiou[name]) if name in INSTANCE_CLASSES else '',
+                     int(conf[index].sum()), int(conf[:, index].sum())])
+    lines += _table(['class', 'IoU %', 'iIoU %', 'GT pixels', 'predicted pixels'], rows)
+    lines += ['## Categories', '']
+    lines += _table(['category', 'IoU %', 'iIoU %'], [
+        [name, _pct(scores.category_iou[name]),
+         _pct(scores.category_iiou[name]) if name in INSTANCE_CATEGORIES else '']
+        for name in CATEGORY_NAMES])
+    timing = evaluation.timing_dict()
+    lines += ['## Timing', '']
+    stages = [('read + decode', 'decode'), ('inference', 'inference'), ('scoring', 'scoring')]
+    lines += _table(['stage', 'ms/frame mean', 'ms/frame p50', 'ms/frame p95', 'total s'], [
+        [label, _ms(timing[f'{key}_ms']['mean']), _ms(timing[f'{key}_ms']['p50']),
+         _ms(timing[f'{key}_ms']['p95']), f'{timing[f"{key}_s"]:.2f}']
+        for label, key in stages])
+    fps = timing['frames_per_s']
+    workers = f' per worker ({timing["workers"]} runs)' if timing['workers'] > 1 else ''
+    lines += [f'Throughput: {"n/a" if fps is None else f"{fps:.2f}"} frames/s{workers}, '
+              f'{timing["wall_s"]:.1f} s wall time.', '']
+    lines += [f'## Skipped frames ({len(evaluation.skipped)})', '']
+    if evaluation.skipped:
+        lines += _table(['stamp (ns)', 'reason'],
+                        [[s.stamp_ns, s.reason] for s in evaluation.skipped[:_REPORT_SKIPPED]])
+        if len(evaluation.skipped) > _REPORT_SKIPPED:
+            lines += [f'... and {len(evaluation.skipped) - _REPORT_SKIPPED} more: see '
+                      '`skipped` in metrics.json.', '']
+    else:
+        lines += ['None.', '']
+    Path(path).write_text('\n'.join(lines))
+
+
+def write_confusion_png(evaluation: Evaluation, path: PathLike) -> None:
+    """Plot the row-normalised confusion matrix (GT rows, predicted columns) with class names.
+
+    Rows are divided by all the pixels of the GT class, so a row sums to the class recall plus
+    its misses; a last column ``(none)`` appears when some predictions lie outside 0..18.
+    """
+    # Lazy, and through the Agg canvas rather than pyplot: no GUI backend, no global state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    conf = evaluation.counts.confusion.astype(np.float64)
+    columns = list(CLASS_NAMES)
+    if not conf[:, NUM_CLASSES].any():
+        conf = conf[:, :NUM_CLASSES]
+    else:
+        columns.append('(none)')
+    totals = conf.sum(axis=1, keepdims=True)
+    norm = np.divide(conf, totals, out=np.zeros_like(conf), where=totals > 0)
+    fig = Figure(figsize=(11, 9.5), dpi=100, layout='constrained')
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap='Blues', vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(columns)), columns, rotation=60, ha='right', fontsize=8)
+    ax.set_yticks(range(NUM_CLASSES), CLASS_NAMES, fontsize=8)
+    ax.set_xlabel('predicted class')
+    ax.set_ylabel('ground truth class')
+    title = f'Confusion, row-normalised ({evaluation.counts.frames} frames'
+    ax.set_title(title + (', partial)' if evaluation.partial else ')'))
+    for row, col in zip(*np.nonzero(norm >= 0.005)):
+        value = norm[row, col]
+        ax.text(col, row, f'{100 * value:.0f}', ha='center', va='center', fontsize=6,
+                color='white' if value > 0.5 else 'black')
+    fig.colorbar(image, ax=ax, fraction=0.04, label='fraction of the GT class pixels')
+    fig.savefig(os.fspath(path))

@@ -1,0 +1,198 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""evaluate: score a model (or recorded predictions) on a bag's GT with the official metrics.
+
+Examples::
+
+    evaluate --bag cityscapes_val --model espnetv2 --weights auto --out eval/
+    evaluate --bag recorded --predictions-topic /stereo/left/semantic/labels --out eval/
+    evaluate --bag cityscapes_val --shard 0/2 --out eval_0/     # on machine A
+    evaluate --bag cityscapes_val --shard 1/2 --out eval_1/     # on machine B
+    evaluate merge --out eval/ eval_0/ eval_1/
+
+Writes ``metrics.json``, ``report.md``, ``confusion.png``, ``frames.csv`` and ``counts.npz``
+into ``--out``. A damaged bag still gets them, for the frames scored before the damage
+(``partial: true``), and exits 2.
+"""
+
+import argparse
+from pathlib import Path
+import sys
+from typing import Optional, Sequence
+
+from cityseg_ros.bags import TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS, TOPIC_LEFT_IMAGE
+from cityseg_ros.errors import BagError, CitysegError, ConfigError
+from cityseg_ros.evaluation import (BagEvaluator, EvalOptions, Evaluation, load_evaluation,
+                                    merge_evaluations, OUTPUT_FILES, write_outputs)
+from cityseg_ros.tools.common import EXIT_OK, run_cli
+from cityseg_ros.tools.segment_images import add_model_arguments, segmenter_from_args
+
+__all__ = ['build_parser', 'run', 'main', 'parse_shard']
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``i/n`` (e.g. ``0/2``) into (i, n) with 0 <= i < n."""
+    try:
+        index, count = (int(v) for v in text.split('/'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not i/n, e.g. 0/2') from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f'shard {text} does not exist: use i/n with '
+                                         '0 <= i < n')
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command line of ``evaluate`` (``evaluate merge ...`` is ``--merge``)."""
+    parser = argparse.ArgumentParser(
+        prog='evaluate',
+        description='Score a model on a bag (or labels recorded in it) against its Cityscapes '
+                    'ground truth. Merge shards with: evaluate merge --out DIR SHARD_DIR...',
+        epilog='Outputs: ' + ', '.join(OUTPUT_FILES) + '.')
+    parser.add_argument('--bag', type=Path, metavar='BAG',
+                        help='rosbag2 directory or .mcap/.db3 file (make_bag writes one)')
+    parser.add_argument('--out', type=Path, required=True, metavar='DIR',
+                        help='output folder (created; files in it are replaced)')
+    add_model_arguments(parser)
+    topics = parser.add_argument_group('topics')
+    topics.add_argument('--left-topic', default=TOPIC_LEFT_IMAGE, metavar='TOPIC',
+                        help='camera images to segment (default: %(default)s)')
+    topics.add_argument('--gt-topic', default=TOPIC_GT_LABEL_IDS, metavar='TOPIC',
+                        help='mono8 GT labelIds (default: %(default)s)')
+    topics.add_argument('--instance-topic', default=None, metavar='TOPIC',
+                        help=f'mono16 GT instanceIds for iIoU (default: {TOPIC_GT_INSTANCE_IDS};'
+                             ' when the default is absent, iIoU is left undefined)')
+    topics.add_argument('--no-instances', action='store_true',
+                        help='do not read instance ids (iIoU undefined)')
+    topics.add_argument('--predictions-topic', metavar='TOPIC',
+                        help='score the mono8 trainId labels recorded on TOPIC instead of '
+                             'running a model (the model options are then ignored)')
+    topics.add_argument('--tolerance-ms', type=float, default=10.0, metavar='MS',
+                        help='largest stamp difference between a frame and its GT '
+                             '(default: %(default)g)')
+    part = parser.add_argument_group('what to evaluate')
+    part.add_argument('--limit', type=int, metavar='N',
+                      help='only the first N frames with GT (before sharding)')
+    part.add_argument('--shard', type=parse_shard, default=(0, 1), metavar='i/n',
+                      help='evaluate frames k with k %% n == i; merge the shards afterwards')
+    part.add_argument('--batch-size', type=int, default=1, metavar='N',
+                      help='images per forward pass (default: %(default)s)')
+    parser.add_argument('--merge', action='store_true',
+                        help='merge the counts.npz of the SHARD_DIRs into --out instead of '
+                             'evaluating a bag (also: evaluate merge ...)')
+    parser.add_argument('shard_dirs', nargs='*', type=Path, metavar='SHARD_DIR',
+                        help='with --merge: output folders of evaluate runs')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    return parser
+
+
+def _summary(evaluation: Evaluation, out: Path) -> str:
+    scores = evaluation.scores
+
+    def fmt(value: float) -> str:
+        return 'n/a' if value != value else f'{value:.4f}'
+
+    fps = evaluation.frames_per_s
+    return (f'{evaluation.counts.frames} frame(s) scored, {len(evaluation.skipped)} skipped: '
+            f'mIoU {fmt(scores.miou)}, iIoU {fmt(scores.iiou)}, category mIoU '
+            f'{fmt(scores.miou_category)}, category iIoU {fmt(scores.iiou_category)}; '
+            f'{"n/a" if fps != fps else f"{fps:.2f}"} frames/s; wrote {out}/'
+            f'{{{",".join(OUTPUT_FILES)}}}')
+
+
+def _options(args: argparse.Namespace) -> EvalOptions:
+    instance_topic = None if args.no_instances else (args.instance_topic
+                                                     or TOPIC_GT_INSTANCE_IDS)
+    if not args.tolerance_ms >= 0:
+        raise ConfigError(f'--tolerance-ms must be >= 0, got {args.tolerance_ms}')
+    return EvalOptions(
+        left_topic=args.left_topic, gt_topic=args.gt_topic, instance_topic=instance_topic,
+        require_instances=args.instance_topic is not None,
+        predictions_topic=args.predictions_topic, limit=args.limit, shard=args.shard,
+        batch_size=args.batch_size, tolerance_ns=round(args.tolerance_ms * 1e6))
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    if args.bag is not None:
+        raise ConfigError('--merge takes shard folders, not --bag; run the shards first')
+    if not args.shard_dirs:
+        raise ConfigError('--merge needs the output folders of the shards: '
+                          'evaluate merge --out DIR SHARD_DIR...')
+    out = args.out.resolve()
+    if any(Path(d).resolve() in (out, out / 'counts.npz') for d in args.shard_dirs):
+        raise ConfigError(f'--out {args.out} is one of the shard folders; write the merge to '
+                          'a new folder')
+    merged = merge_evaluations([load_evaluation(d) for d in args.shard_dirs])
+    write_outputs(merged, args.out)
+    print(_summary(merged, args.out))
+    if merged.partial:
+        print(f'warning: the merge is partial: {merged.error}', file=sys.stderr)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the options and the bag, load the model, evaluate and write the outputs."""
+    if args.merge:
+        return _run_merge(args)
+    if args.shard_dirs:
+        raise ConfigError(f'unexpected argument(s) {" ".join(map(str, args.shard_dirs))}; '
+                          'shard folders are only taken by evaluate merge')
+    if args.bag is None:
+        raise ConfigError('--bag is required (or use: evaluate merge --out DIR SHARD_DIR...)')
+    if not args.bag.exists():
+        raise BagError(f'--bag {args.bag} does not exist; pass a rosbag2 directory or a '
+                       '.mcap/.db3 file (make_bag writes one from Cityscapes)')
+    evaluator = BagEvaluator(args.bag, _options(args))
+    try:
+        evaluator.check()  # the topics, before spending time on loading a model
+        segmenter = None if args.predictions_topic else segmenter_from_args(args)
+        evaluation = _evaluate(evaluator, segmenter, args.quiet)
+    except (CitysegError, KeyboardInterrupt) as exc:
+        if not evaluator.evaluation.partial:  # failed before reading: nothing to write
+            raise
+        write_outputs(evaluator.evaluation, args.out)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        frames = evaluator.evaluation.counts.frames
+        done = (f'the {frames} frame(s) scored before it are in {args.out}' if frames else
+                f'nothing was scored; {args.out}/metrics.json says so')
+        raise type(exc)(f'{evaluator.evaluation.error}; {done} (partial: true)') from exc
+    write_outputs(evaluation, args.out)
+    print(_summary(evaluation, args.out))
+    return EXIT_OK
+
+
+def _evaluate(evaluator: BagEvaluator, segmenter, quiet: bool) -> Evaluation:
+    from tqdm import tqdm
+
+    with tqdm(total=evaluator.expected_frames, unit='frame', desc='evaluate', disable=quiet,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        def advance(_row) -> None:
+            bar.update()
+            bar.set_postfix(mIoU=f'{evaluator.evaluation.scores.miou:.3f}', refresh=False)
+        return evaluator.run(segmenter, on_frame=advance)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; ``evaluate merge ...`` is ``evaluate --merge ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == 'merge':
+        argv[0] = '--merge'
+    return run_cli(build_parser, run, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
