@@ -35,11 +35,13 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 from cityseg_ros import render
 from cityseg_ros.errors import CitysegError, ImageError
 from cityseg_ros.pairing import Matched, StampPairer
-from cityseg_ros.ros.messages import (confidence_msg, image_to_rgb, labels_msg, rgb_msg,
-                                      stamp_ns)
-from cityseg_ros.ros.params import declare_params, NodeParams, on_set_parameters, read_params
+from cityseg_ros.ros.messages import confidence_msg, image_to_rgb, labels_msg, rgb_msg, stamp_ns
+from cityseg_ros.ros.params import (declare_params, NodeParams, on_set_parameters, PARAMS,
+                                    read_params, stereo_params)
+from cityseg_ros.ros.pointcloud import cloud_msg
 from cityseg_ros.ros.qos import (input_qos, output_qos, publisher_event_callbacks,
                                  subscription_event_callbacks)
+from cityseg_ros.stereo import semantic_cloud, StereoModel, StereoParams
 from cityseg_ros.worker import LatencyWindow, Worker
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
@@ -48,7 +50,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 __all__ = ['SegmentNode', 'SegmenterLike', 'default_segmenter_factory', 'main', 'OUTPUTS']
@@ -98,10 +100,10 @@ class _Frame:
 
 @dataclass(frozen=True)
 class _Pair:
-    """What goes through the worker's mailbox: the frames of one stamp, camera order."""
+    """What goes through the worker's mailbox: the frames of one stamp, by camera."""
 
     stamp_ns: int
-    frames: List[_Frame]
+    frames: Dict[str, _Frame]
     received: float  # the latest receive time of its frames
 
 
@@ -125,6 +127,7 @@ class SegmentNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         declare_params(self)
         self.add_on_set_parameters_callback(lambda ps: on_set_parameters(self, ps))
+        self.add_post_set_parameters_callback(self._on_parameters_set)
         self._factory = segmenter_factory or default_segmenter_factory
         self._lock = threading.Lock()
         self._state = 'unconfigured'
@@ -133,6 +136,8 @@ class SegmentNode(LifecycleNode):
         self._seg: Optional[SegmenterLike] = None
         self._device = 'none'
         self._pubs: Dict[str, Dict[str, Any]] = {}
+        self._points_pub: Optional[Any] = None
+        self._stereo: Optional[StereoParams] = None  # rebuilt when a points_* value changes
         self._subs: List[Any] = []
         self._pairer: Optional[StampPairer] = None
         self._last_submit = 0.0
@@ -142,6 +147,7 @@ class SegmentNode(LifecycleNode):
         self._published: Counter = Counter()
         self._latency = LatencyWindow()  # header stamp -> publish, ms (ROS clock)
         self._node_latency = LatencyWindow()  # callback receive -> publish, ms (monotonic)
+        self._points_ms = LatencyWindow()  # disparity + cloud + message, ms
         self._worker: Worker[_Pair] = Worker(self._process, on_error=self._on_worker_error,
                                              name=f'{node_name}-worker')
         self._input_group = ReentrantCallbackGroup()
@@ -168,8 +174,9 @@ class SegmentNode(LifecycleNode):
             log.error(traceback.format_exc())  # a bug: keep the traceback
             return self._fail('configure', exc, TransitionCallbackReturn.ERROR)
         self._params, self._seg = params, seg
-        self._pairer = StampPairer(params.cameras, int(params.pair_tolerance_ms * 1e6),
+        self._pairer = StampPairer(params.input_cameras, int(params.pair_tolerance_ms * 1e6),
                                    max_pending=MAX_PENDING)
+        self._stereo = None
         self._unpaired_logged = 0
         self._device = str(getattr(seg, 'device', params.device))
         enabled = {'labels': True, 'color': params.publish_color,
@@ -185,6 +192,11 @@ class SegmentNode(LifecycleNode):
                     Image, topic, qos, event_callbacks=publisher_event_callbacks(
                         self.resolve_topic_name(topic), qos, log.warning,
                         functools.partial(self._count, 'incompatible_qos')))
+        if params.publish_points:
+            self._points_pub = self.create_lifecycle_publisher(
+                PointCloud2, 'semantic/points', qos, event_callbacks=publisher_event_callbacks(
+                    self.resolve_topic_name('semantic/points'), qos, log.warning,
+                    functools.partial(self._count, 'incompatible_qos')))
         self._error = None
         self._state = 'inactive'
         log.info(f'configured {params.model} on {self._device} ({params.precision}, '
@@ -201,7 +213,7 @@ class SegmentNode(LifecycleNode):
         self._worker.start()
         qos = input_qos(params.input_reliability, params.input_depth)
         warn = self.get_logger().warning
-        for cam in params.cameras:
+        for cam in params.input_cameras:
             for topic, msg_type, callback in (
                     (f'{cam}/image_rect_color', Image, self._on_image),
                     (f'{cam}/camera_info', CameraInfo, self._on_camera_info)):
@@ -269,6 +281,9 @@ class SegmentNode(LifecycleNode):
             for pub in pubs.values():
                 self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
+        if self._points_pub is not None:
+            self.destroy_lifecycle_publisher(self._points_pub)
+            self._points_pub = None
         if self._seg is not None:
             self._seg.close()
         self._seg = None
@@ -317,12 +332,12 @@ class SegmentNode(LifecycleNode):
         params = self._params
         if params is None:
             return
-        frames = [matched.items[cam] for cam in params.cameras]
-        shapes = {frame.rgb.shape for frame in frames}
+        frames = {cam: matched.items[cam] for cam in params.input_cameras}
+        shapes = {frame.rgb.shape for frame in frames.values()}
         if len(shapes) > 1:
             self._count('rejected')
             self._count('rejected_size_mismatch')
-            sizes = ', '.join(f'{cam} {_size(f.rgb)}' for cam, f in zip(params.cameras, frames))
+            sizes = ', '.join(f'{cam} {_size(f.rgb)}' for cam, f in frames.items())
             self.get_logger().error(
                 f'rejected the pair at stamp {matched.stamp_ns} ns: image sizes differ ({sizes});'
                 ' publish rectified images of one size', throttle_duration_sec=THROTTLE_S)
@@ -334,7 +349,8 @@ class SegmentNode(LifecycleNode):
                 self._counts['rate_limited'] += 1
                 return
             self._last_submit = now
-        self._worker.submit(_Pair(matched.stamp_ns, frames, max(f.received for f in frames)))
+        self._worker.submit(_Pair(matched.stamp_ns, frames,
+                                  max(f.received for f in frames.values())))
 
     # -- the worker thread ---------------------------------------------------------------------
 
@@ -348,16 +364,20 @@ class SegmentNode(LifecycleNode):
         if seg is None or params is None:
             return
         wanted = self._wanted()
-        if not any(wanted.values()):
+        points = self._points_pub is not None and self._points_pub.get_subscription_count() > 0
+        if not any(wanted.values()) and not points:
             self._count('skipped_no_subscribers')
             return
         confidence = any('confidence' in outputs for outputs in wanted.values())
+        frames = [pair.frames[cam] for cam in params.cameras]
         start = time.perf_counter()
-        predictions = seg.predict([frame.rgb for frame in pair.frames], confidence=confidence)
+        predictions = seg.predict([frame.rgb for frame in frames], confidence=confidence)
         self._worker.record_inference((time.perf_counter() - start) * 1e3)
         alpha = float(self.get_parameter('overlay_alpha').value)
-        for cam, frame, prediction in zip(params.cameras, pair.frames, predictions):
+        for cam, frame, prediction in zip(params.cameras, frames, predictions):
             self._publish(cam, wanted[cam], frame, prediction, alpha)
+        if points:
+            self._publish_points(pair, predictions[params.cameras.index('left')].labels)
         self._node_latency.add((time.monotonic() - pair.received) * 1e3)
         self._latency.add((self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e6)
         self._count('published_pairs')
@@ -381,6 +401,38 @@ class SegmentNode(LifecycleNode):
             wanted[name].publish(msg)
         with self._lock:
             self._published.update(f'{cam}/{name}' for name in messages)
+
+    def _publish_points(self, pair: _Pair, left_labels: np.ndarray) -> None:
+        """Publish semantic/points for a pair, or say (throttled) why it cannot be built."""
+        left, right = pair.frames['left'], pair.frames['right']
+        reason = StereoModel.check(self._camera_info.get('left'),
+                                   self._camera_info.get('right'), left.rgb.shape[:2])
+        if reason is not None:
+            self._count('points_skipped')
+            self.get_logger().warning(f'semantic/points not published: {reason}',
+                                      throttle_duration_sec=THROTTLE_S)
+            return
+        try:
+            stereo = self._stereo or stereo_params(
+                {p.name: self.get_parameter(p.name).value for p in PARAMS})
+            self._stereo = stereo
+            model = StereoModel.from_camera_info(self._camera_info['left'],
+                                                 self._camera_info['right'], left.rgb.shape[:2])
+            start = time.perf_counter()
+            cloud = semantic_cloud(left.rgb, right.rgb, left_labels, model, stereo)
+            self._points_pub.publish(cloud_msg(cloud, left.header))
+            self._points_ms.add((time.perf_counter() - start) * 1e3)
+        except CitysegError as exc:
+            self._count('points_failed')
+            self.get_logger().error(f'semantic/points failed: {exc}',
+                                    throttle_duration_sec=THROTTLE_S)
+            return
+        with self._lock:
+            self._published['semantic/points'] += 1
+
+    def _on_parameters_set(self, parameters: List[Any]) -> None:
+        if any(p.name.startswith(('points_', 'stereo_')) for p in parameters):
+            self._stereo = None  # the worker rebuilds it from the new values
 
     def _on_worker_error(self, pair: _Pair, exc: BaseException) -> None:
         hint = ''
@@ -470,6 +522,9 @@ class SegmentNode(LifecycleNode):
             'unpaired_images': str(counts.get('unpaired', 0)),
             'skipped_no_subscribers': str(counts.get('skipped_no_subscribers', 0)),
             'incompatible_qos_events': str(counts.get('incompatible_qos', 0)),
+            'points_p50_ms': ms(self._points_ms.percentile(50)),
+            'points_skipped': str(counts.get('points_skipped', 0)),
+            'points_failed': str(counts.get('points_failed', 0)),
             'last_error': self._error or stats.last_error or '',
         }
         if self._error:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from cityseg_ros.errors import ConfigError
+from cityseg_ros.stereo import StereoParams
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.node import Node
@@ -100,9 +101,38 @@ PARAMS: Tuple[Param, ...] = (
     Param('input_depth', 5, 'input QoS history depth (keep last N)', range=(1, 100)),
     Param('autostart', True, 'segment_node walks configure and activate at start',
           read_only=True),
+    # --- semantic/points: stereo disparity -> labelled PointCloud2 (cityseg_ros.stereo) ---
+    Param('publish_points', False,
+          'publish semantic/points (PointCloud2 x, y, z, rgb, label in the left optical frame); '
+          'subscribes to the right image and both camera_info even if only left is segmented'),
+    Param('points_downscale', 2, 'match disparity at 1/1, 1/2 or 1/4 resolution (speed)',
+          range=(1, 4), runtime=True),
+    Param('points_decimation', 4, 'keep every n-th pixel row and column as a point',
+          range=(1, 64), runtime=True),
+    Param('points_min_depth_m', 0.5, 'drop points nearer than this, m', range=(0.0, 1000.0),
+          runtime=True),
+    Param('points_max_depth_m', 50.0, 'drop points farther than this, m',
+          range=(0.0, 1000.0), runtime=True),
+    Param('points_drop_classes', [10], 'trainIds whose points are dropped (10 = sky)',
+          runtime=True),
+    Param('points_organized', False,
+          'organised cloud (image grid, NaN for dropped points) instead of dense', runtime=True),
+    Param('points_color', 'label', "rgb field: 'label' (palette colour) or 'photo'",
+          choices=('label', 'photo'), runtime=True),
+    Param('stereo_block_size', 5, 'SGBM matching window side (odd), px at matched resolution',
+          range=(1, 51), runtime=True),
+    Param('stereo_disparity_range', 256, 'disparities searched, full-resolution px',
+          range=(16, 1024), runtime=True),
+    Param('stereo_uniqueness_ratio', 10, 'SGBM uniqueness margin, percent', range=(0, 100),
+          runtime=True),
+    Param('stereo_speckle_window_size', 100,
+          'largest speckle blob removed, px (0 = filter off)', range=(0, 10000), runtime=True),
+    Param('stereo_speckle_range', 2, 'largest disparity step inside a speckle blob, px',
+          range=(0, 64), runtime=True),
 )
 
 _BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
+_STEREO_NAMES = tuple(p.name for p in PARAMS if p.name.startswith(('points_', 'stereo_')))
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,19 @@ class NodeParams:
     input_reliability: str
     input_depth: int
     autostart: bool
+    publish_points: bool
+    points_downscale: int
+    points_decimation: int
+    points_min_depth_m: float
+    points_max_depth_m: float
+    points_drop_classes: Tuple[int, ...]
+    points_organized: bool
+    points_color: str
+    stereo_block_size: int
+    stereo_disparity_range: int
+    stereo_uniqueness_ratio: int
+    stereo_speckle_window_size: int
+    stereo_speckle_range: int
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> 'NodeParams':
@@ -140,6 +183,7 @@ class NodeParams:
         if problems:
             raise ConfigError('invalid parameters: ' + '; '.join(problems))
         merged['cameras'] = tuple(merged['cameras'])
+        merged['points_drop_classes'] = tuple(merged['points_drop_classes'])
         return cls(**{f.name: merged[f.name] for f in fields(cls)})
 
     @property
@@ -158,6 +202,30 @@ class NodeParams:
     def stereo(self) -> bool:
         """Whether left and right are segmented (and paired)."""
         return len(self.cameras) > 1
+
+    @property
+    def input_cameras(self) -> Tuple[str, ...]:
+        """Cameras subscribed and paired: the segmented ones, plus right for the cloud."""
+        if self.publish_points and 'right' not in self.cameras:
+            return self.cameras + ('right',)
+        return self.cameras
+
+
+def stereo_params(values: Mapping[str, Any]) -> StereoParams:
+    """Build the point-cloud settings from parameter values (name -> value).
+
+    Raises:
+        ConfigError: when the matcher settings cannot work together, with the reasons.
+    """
+    return StereoParams(
+        block_size=values['stereo_block_size'], disparity_range=values['stereo_disparity_range'],
+        uniqueness_ratio=values['stereo_uniqueness_ratio'],
+        speckle_window_size=values['stereo_speckle_window_size'],
+        speckle_range=values['stereo_speckle_range'], downscale=values['points_downscale'],
+        min_depth_m=values['points_min_depth_m'], max_depth_m=values['points_max_depth_m'],
+        decimation=values['points_decimation'],
+        drop_classes=tuple(values['points_drop_classes']),
+        organized=values['points_organized'], color=values['points_color'])
 
 
 def check_values(values: Mapping[str, Any]) -> List[str]:
@@ -185,6 +253,13 @@ def check_values(values: Mapping[str, Any]) -> List[str]:
     for name in ('input_height', 'input_width'):
         if 0 < values.get(name, 0) < MIN_INPUT_SIDE:
             problems.append(f'{name} {values[name]} is too small: 0 or >= {MIN_INPUT_SIDE} px')
+    if all(name in values for name in _STEREO_NAMES):
+        try:
+            stereo_params(values)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        except (TypeError, ValueError) as exc:
+            problems.append(f'points_drop_classes must be a list of trainIds: {exc}')
     if values.get('precision') == 'fp16' and str(values.get('device')).startswith('cpu'):
         problems.append('precision fp16 needs a CUDA device but device is '
                         f"{values.get('device')!r}: use bf16 or fp32 on CPU")

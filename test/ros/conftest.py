@@ -23,6 +23,9 @@ import time
 from typing import Callable
 import uuid
 
+import cv2
+from node_harness import Harness, HEIGHT, SHARED, WIDTH
+import numpy as np
 import pytest
 
 
@@ -72,3 +75,31 @@ def executor(rclpy_session):
 def namespace():
     """Return a namespace unique to this test."""
     return f'/t{uuid.uuid4().hex[:10]}'
+
+
+@pytest.fixture(scope='module')
+def stereo_pair():
+    """Load the real val stereo pair at 128x64, or generate images without ../shared."""
+    base = SHARED / 'data' / 'cityscapes'
+    left = base / 'leftImg8bit' / 'val' / 'frankfurt' / 'frankfurt_000000_009291_leftImg8bit.png'
+    right = base / 'rightImg8bit' / 'val' / 'frankfurt' / \
+        'frankfurt_000000_009291_rightImg8bit.png'
+    if left.is_file() and right.is_file():
+        images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in (left, right)]
+        return [cv2.resize(img, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA) for img in images]
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(2)]
+
+
+@pytest.fixture
+def harness(executor, spin_until, namespace):
+    made = []
+
+    def make(**kwargs) -> Harness:
+        h = Harness(executor, spin_until, namespace, **kwargs)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()

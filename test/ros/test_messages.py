@@ -17,8 +17,8 @@
 import array
 
 from cityseg_ros.errors import ImageError
-from cityseg_ros.ros.messages import (ACCEPTED_ENCODINGS, copy_header, image_to_rgb,
-                                      labels_msg, rgb_msg, stamp_ns)
+from cityseg_ros.ros.messages import (ACCEPTED_ENCODINGS, copy_header, image_to_rgb, labels_msg,
+                                      rgb_msg, stamp_ns)
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message

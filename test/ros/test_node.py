@@ -19,23 +19,18 @@ they run in well under a second each at 64x128; one runs the real Segmenter (ESP
 weights). Parameter and QoS helpers are checked here too, without spinning.
 """
 
-import array
-from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 import signal
 import subprocess
 import sys
-import time
-from typing import List, Optional
 
 from cityseg_ros.render import colorize, overlay
 from cityseg_ros.ros import params as node_params
 from cityseg_ros.ros.messages import image_to_rgb
-from cityseg_ros.ros.node import SegmentNode
 from cityseg_ros.ros.qos import describe_incompatible, input_qos, output_qos
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from node_harness import (BEST_EFFORT, expected_labels, HEIGHT, make_image, now_ns, RELIABLE,
+                          StandIn, WIDTH)
 import numpy as np
 import pytest
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -43,154 +38,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSPolicyKind, ReliabilityPolicy
 from sensor_msgs.msg import Image
-
-HEIGHT, WIDTH = 64, 128
-SHARED = Path(__file__).resolve().parents[3] / 'shared'
-RELIABLE = input_qos('reliable', 10)
-BEST_EFFORT = input_qos('best_effort', 10)
-
-
-# -- fixtures and helpers ----------------------------------------------------------------------
-
-@dataclass
-class _Prediction:
-    labels: np.ndarray
-    confidence: Optional[np.ndarray] = None
-
-
-def expected_labels(rgb: np.ndarray) -> np.ndarray:
-    """Return the stand-in's labels: a function of the pixels, so content can be checked."""
-    return (rgb[..., 0] % 19).astype(np.uint8)
-
-
-class StandIn:
-    """A model that answers at once (or after ``delay`` s) and records what it was asked."""
-
-    device = 'cpu'
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.calls: List[tuple] = []
-        self.warmed = False
-        self.closed = False
-
-    def warmup(self, batch_size: int = 1) -> float:
-        self.warmed = True
-        return 1.0
-
-    def predict(self, images, confidence=False):
-        self.calls.append((len(images), confidence))
-        if self.delay:
-            time.sleep(self.delay)
-        return [_Prediction(expected_labels(img),
-                            np.full(img.shape[:2], 200, np.uint8) if confidence else None)
-                for img in images]
-
-    def close(self) -> None:
-        self.closed = True
-
-
-@pytest.fixture(scope='module')
-def stereo_pair():
-    """Load the real val stereo pair at 128x64, or generate images without ../shared."""
-    base = SHARED / 'data' / 'cityscapes'
-    left = base / 'leftImg8bit' / 'val' / 'frankfurt' / 'frankfurt_000000_009291_leftImg8bit.png'
-    right = base / 'rightImg8bit' / 'val' / 'frankfurt' / \
-        'frankfurt_000000_009291_rightImg8bit.png'
-    if left.is_file() and right.is_file():
-        images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in (left, right)]
-        return [cv2.resize(img, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA) for img in images]
-    rng = np.random.default_rng(1)
-    return [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(2)]
-
-
-def make_image(rgb: np.ndarray, stamp_ns: int, frame_id: str,
-               encoding: str = 'rgb8') -> Image:
-    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding,
-                step=rgb.shape[1] * (rgb.shape[2] if rgb.ndim == 3 else 1))
-    msg.header.frame_id = frame_id
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    data = array.array('B')
-    data.frombytes(np.ascontiguousarray(rgb))
-    msg.data = data
-    return msg
-
-
-class Harness:
-    """A test node beside the segment node: stereo publishers, output subscribers, spinning."""
-
-    def __init__(self, executor, spin, namespace: str, factory=None, overrides=None,
-                 input_qos=RELIABLE) -> None:
-        self.executor = executor
-        self._spin = spin
-        self.ns = namespace
-        values = {'weights': '', 'input_reliability': 'reliable', 'input_depth': 10}
-        values.update(overrides or {})
-        self.seg_node = SegmentNode(
-            factory, namespace=namespace,
-            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-        self.io = Node('io', namespace=namespace)
-        self.pubs = {cam: self.io.create_publisher(Image, f'{cam}/image_rect_color', input_qos)
-                     for cam in ('left', 'right')}
-        self.received = defaultdict(list)
-        self.subs = {}
-        executor.add_node(self.seg_node)
-        executor.add_node(self.io)
-
-    def listen(self, *topics: str) -> None:
-        for topic in topics:
-            self.subs[topic] = self.io.create_subscription(
-                Image, topic, lambda msg, t=topic: self.received[t].append(msg),
-                RELIABLE)
-
-    def spin_until(self, predicate, timeout: float = 10.0) -> bool:
-        return self._spin(self.executor, predicate, timeout)
-
-    def start(self) -> None:
-        assert self.seg_node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert self.seg_node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-
-    def wait_connected(self, cameras=('left', 'right')) -> None:
-        """Wait until discovery matched inputs and the outputs we listen to."""
-        assert self.spin_until(lambda: all(
-            self.pubs[c].get_subscription_count() >= 1 for c in cameras))
-        for topic, sub in self.subs.items():
-            assert self.spin_until(lambda: self.io.count_publishers(sub.topic_name) >= 1), topic
-        wanted = self._wanted_outputs()
-        assert self.spin_until(lambda: all(
-            pub.get_subscription_count() >= 1 for pub in wanted)), 'outputs not matched'
-
-    def _wanted_outputs(self):
-        names = set(self.subs)
-        return [pub for cam, pubs in self.seg_node._pubs.items() for out, pub in pubs.items()
-                if f'{cam}/semantic/{out}' in names]
-
-    def publish_pair(self, images, stamp_ns: int, cameras=('left', 'right')) -> None:
-        for cam, rgb in zip(cameras, images):
-            self.pubs[cam].publish(make_image(rgb, stamp_ns, f'{cam}_optical'))
-
-    def close(self) -> None:
-        for node in (self.seg_node, self.io):
-            self.executor.remove_node(node)
-            node.destroy_node()
-
-
-@pytest.fixture
-def harness(executor, spin_until, namespace):
-    made = []
-
-    def make(**kwargs) -> Harness:
-        h = Harness(executor, spin_until, namespace, **kwargs)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
-
-
-def now_ns(node: Node) -> int:
-    return node.get_clock().now().nanoseconds
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""semantic/points from the live node: published when calibrated, explained when not."""
+
+from cityseg_ros.ros.pointcloud import POINT_STEP
+from node_harness import HEIGHT, now_ns, RELIABLE, StandIn, WIDTH
+import pytest
+from sensor_msgs.msg import CameraInfo, PointCloud2
+
+# The Cityscapes camera scaled to the 128x64 test images (1/16 of 2048x1024).
+FX, FY, CX, CY, BASELINE = 2262.52 / 16, 2265.30 / 16, 1096.98 / 16, 513.14 / 16, 0.209313
+
+POINTS_PARAMS = {
+    'cameras': ['left'], 'publish_points': True, 'publish_color': False,
+    'publish_overlay': False, 'points_downscale': 1, 'points_decimation': 1,
+    'points_min_depth_m': 0.0, 'points_max_depth_m': 1000.0, 'points_drop_classes': [255],
+    'stereo_block_size': 3, 'stereo_disparity_range': 16, 'stereo_speckle_window_size': 0,
+}
+
+
+def camera_info(cam: str, stamp_ns: int) -> CameraInfo:
+    tx = -FX * BASELINE if cam == 'right' else 0.0
+    msg = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
+    msg.header.frame_id = f'{cam}_optical'
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [FX, 0.0, CX, tx, 0.0, FY, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.d = [0.0] * 5
+    return msg
+
+
+@pytest.fixture
+def points_harness(harness):
+    h = harness(factory=lambda params: StandIn(), overrides=dict(POINTS_PARAMS))
+    h.clouds = []
+    h.io.create_subscription(PointCloud2, 'semantic/points', h.clouds.append, RELIABLE)
+    h.info_pubs = {cam: h.io.create_publisher(CameraInfo, f'{cam}/camera_info', RELIABLE)
+                   for cam in ('left', 'right')}
+    h.listen(f'{h.ns}/left/semantic/labels')
+    h.start()
+    h.wait_connected()
+    assert h.spin_until(lambda: h.seg_node._points_pub.get_subscription_count() >= 1)
+    return h
+
+
+def test_points_are_published_with_the_left_header(points_harness, stereo_pair):
+    h = points_harness
+    stamp = now_ns(h.io)
+    for cam, pub in h.info_pubs.items():
+        pub.publish(camera_info(cam, stamp))
+    assert h.spin_until(lambda: len(h.seg_node._camera_info) == 2)
+    h.publish_pair(stereo_pair, stamp)  # right is paired for the cloud, not segmented
+    assert h.spin_until(lambda: h.clouds)
+    cloud = h.clouds[0]
+    assert cloud.header.frame_id == 'left_optical'
+    assert cloud.header.stamp.sec * 10**9 + cloud.header.stamp.nanosec == stamp
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb', 'label']
+    assert cloud.point_step == POINT_STEP and cloud.width * cloud.height > 100
+    assert h.received[f'{h.ns}/left/semantic/labels']
+
+
+def test_no_camera_info_skips_points_but_labels_flow(points_harness, stereo_pair):
+    h = points_harness
+    h.publish_pair(stereo_pair, now_ns(h.io))
+    assert h.spin_until(lambda: h.received[f'{h.ns}/left/semantic/labels'])
+    assert h.spin_until(lambda: h.seg_node.counters.get('points_skipped', 0) >= 1)
+    assert not h.clouds
+
+
+def test_zero_baseline_is_refused(points_harness, stereo_pair):
+    h = points_harness
+    stamp = now_ns(h.io)
+    for cam, pub in h.info_pubs.items():
+        pub.publish(camera_info('left', stamp))  # right with tx = 0: no baseline
+    assert h.spin_until(lambda: len(h.seg_node._camera_info) == 2)
+    h.publish_pair(stereo_pair, stamp)
+    assert h.spin_until(lambda: h.seg_node.counters.get('points_skipped', 0) >= 1)
+    assert not h.clouds
+
+
+def test_points_parameters_are_checked(points_harness):
+    from rclpy.parameter import Parameter
+    node = points_harness.seg_node
+    result = node.set_parameters([Parameter('stereo_block_size', value=4)])[0]
+    assert not result.successful and 'block_size' in result.reason
+    result = node.set_parameters([Parameter('points_decimation', value=2)])[0]
+    assert result.successful and node._stereo is None
