@@ -16,12 +16,11 @@
 
 import math
 
+from cityseg_ros.models.espnetv2 import ESPNetv2, espnetv2_city
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from cityseg_ros.models.espnetv2 import ESPNetv2, espnetv2_city
 
 # Counted on EdgeNets' own ESPNetv2Segmentation(s, classes=20, dataset='city').
 NUM_PARAMS = {2.0: 789_242, 0.5: 80_342}
