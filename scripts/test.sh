@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 export ROS_DOMAIN_ID="${CITYSEG_TEST_DOMAIN_ID:-87}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-cmd=(python -m pytest -q -p no:cacheprovider "$@")
+cmd=(python -m pytest -q -p no:cacheprovider --durations=15 "$@")
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null && command -v ip >/dev/null; then
   exec unshare -n bash -c 'ip link set lo up && exec "$@"' _ "${cmd[@]}"
 fi
