@@ -265,6 +265,46 @@ def test_slow_model_under_a_30hz_stream_keeps_latency_bounded(harness, stereo_pa
           f'p95 {node.latency.percentile(95):.0f} ms')
 
 
+def test_memory_stays_flat_under_a_stream(harness):
+    """Two rounds of 60 pairs (384 KB images) into a slow model: nothing accumulates."""
+    import gc
+    import tracemalloc
+    model = StandIn(delay=0.05)
+    h = harness(factory=lambda p: model)
+    h.listen('left/semantic/labels')
+    h.start()
+    h.wait_connected()
+    images = [np.full((256, 512, 3), v, np.uint8) for v in (10, 20)]
+    node = h.seg_node
+
+    def stream(count: int) -> None:
+        sent = []
+
+        def publish():
+            sent.append(now_ns(h.io))
+            h.publish_pair(images, sent[-1])
+        timer = h.io.create_timer(1.0 / 30.0, publish)
+        h.spin_until(lambda: len(sent) >= count, timeout=20.0)
+        h.io.destroy_timer(timer)
+        h.spin_until(lambda: (node.worker.stats.pending, node.worker.stats.busy) == (0, 0))
+        h.spin_until(lambda: False, timeout=0.3)  # let the last messages through
+        h.received.clear()  # the test's own record of outputs is not the node's memory
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        stream(30)  # warm-up: caches, pools and windows fill once
+        first = stream(60)
+        second = stream(60)
+    finally:
+        tracemalloc.stop()
+    leaked_pairs = (second - first) / (2 * images[0].nbytes)
+    print(f'traced memory after 90 pairs {first / 1e6:.1f} MB, after 150 {second / 1e6:.1f} MB')
+    assert leaked_pairs < 5, f'{second - first} bytes more after 60 more pairs'
+    assert node.worker.stats.dropped > 0  # the stream really outran the model
+
+
 def test_max_rate_limits_the_pairs_given_to_the_model(harness, stereo_pair):
     model = StandIn()
     h = harness(factory=lambda p: model, overrides={'max_rate_hz': 2.0})
