@@ -32,14 +32,13 @@ from pathlib import Path
 import sqlite3
 import struct
 import tempfile
-import types
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 import zlib
 
 from cityseg_ros.errors import BagError, ImageError
+from cityseg_ros.imagemsg import COLOR_ENCODINGS, image_to_numpy, LAYOUTS
 from cityseg_ros.pairing import PairingStats, StampPairer
 import numpy as np
-from rosbags.image import message_to_cvimage
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.serde import SerdeError
@@ -77,22 +76,6 @@ DEFAULT_TOLERANCE_NS = 10_000_000
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 
-#: Encodings accepted as a camera image (converted to RGB), as the node accepts them.
-COLOR_ENCODINGS: tuple[str, ...] = (
-    'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8',
-    'bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8',
-)
-
-# encoding -> (dtype, channels): what a row of pixels holds, to check step and data size. The
-# OpenCV-style names are those ROS uses for label and depth images.
-_LAYOUTS: dict[str, tuple[np.dtype, int]] = {
-    **{enc: (np.dtype(np.uint8), 1) for enc in COLOR_ENCODINGS if enc.startswith('bayer_')},
-    'rgb8': (np.dtype(np.uint8), 3), 'bgr8': (np.dtype(np.uint8), 3),
-    'rgba8': (np.dtype(np.uint8), 4), 'bgra8': (np.dtype(np.uint8), 4),
-    'mono8': (np.dtype(np.uint8), 1), '8UC1': (np.dtype(np.uint8), 1),
-    'mono16': (np.dtype(np.uint16), 1), '16UC1': (np.dtype(np.uint16), 1),
-    '32SC1': (np.dtype(np.int32), 1), '32FC1': (np.dtype(np.float32), 1),
-}
 _WRITE_LAYOUTS = {'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16', '16UC1', '32SC1', '32FC1'}
 _INSTANCE_ENCODINGS = ('mono16', '16UC1', '32SC1')
 _LABEL_ENCODINGS = ('mono8', '8UC1')
@@ -247,7 +230,7 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) ->
     if encoding not in _WRITE_LAYOUTS:
         raise ImageError(f'cannot write encoding {encoding!r}; '
                          f'supported: {", ".join(sorted(_WRITE_LAYOUTS))}')
-    dtype, channels = _LAYOUTS[encoding]
+    dtype, channels = LAYOUTS[encoding]
     array = np.asarray(array)
     shape_ok = (array.ndim == 2 and channels == 1) or (array.ndim == 3
                                                        and array.shape[2] == channels)
@@ -286,54 +269,6 @@ def calibration_from_msg(msg: Any) -> CameraCalibration:
         r=np.array(msg.r, dtype=np.float64).reshape(3, 3),
         p=np.array(msg.p, dtype=np.float64).reshape(3, 4),
         distortion_model=str(msg.distortion_model))
-
-
-def image_to_numpy(msg: Any, rgb: bool = False) -> np.ndarray:
-    """Decode a sensor_msgs/Image (rosbags or rclpy message) to a writable numpy array.
-
-    Row padding (``step`` larger than a row) is removed, big-endian data swapped; colour
-    conversion is rosbags-image's.
-
-    Args:
-        msg: any object with height, width, encoding, is_bigendian, step and data.
-        rgb: convert to HxWx3 uint8 RGB (mono8 and bayer included): for camera images. When
-            False, 3- and 4-channel colour encodings still come back as RGB but single-channel
-            images keep their 2-D layout and dtype (label and instance images).
-
-    Raises:
-        ImageError: unknown encoding, no pixels, ``step`` smaller than a row, data shorter
-            than ``step * height``, or ``rgb`` asked of a non-8-bit encoding.
-    """
-    encoding = str(msg.encoding)
-    if encoding not in _LAYOUTS:
-        raise ImageError(f'image encoding {encoding!r} is not supported; '
-                         f'accepted: {", ".join(_LAYOUTS)}')
-    if rgb and encoding not in COLOR_ENCODINGS:
-        raise ImageError(f'a camera image must be one of {", ".join(COLOR_ENCODINGS)}, '
-                         f'got {encoding!r}')
-    dtype, channels = _LAYOUTS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row = width * channels * dtype.itemsize
-    data = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) \
-        else msg.data.reshape(-1).view(np.uint8)
-    if height <= 0 or width <= 0:
-        raise ImageError(f'image has no pixels ({width}x{height})')
-    if step < row:
-        raise ImageError(f'{encoding} image step {step} is smaller than width * bytes per pixel'
-                         f' = {width} * {channels * dtype.itemsize} = {row}')
-    if data.size < step * height:
-        raise ImageError(f'image data is {data.size} bytes, shorter than step * height = '
-                         f'{step} * {height} = {step * height}: the message is truncated')
-    pixels = data[:step * height]
-    if step != row:
-        pixels = np.ascontiguousarray(pixels.reshape(height, step)[:, :row]).reshape(-1)
-    plain = types.SimpleNamespace(height=height, width=width, encoding=encoding,
-                                  is_bigendian=int(bool(msg.is_bigendian)), data=pixels)
-    target = 'rgb8' if rgb or channels >= 3 or encoding.startswith('bayer_') else None
-    image = np.asarray(message_to_cvimage(plain, target))
-    if not image.flags.writeable or not image.flags.c_contiguous:
-        image = np.array(image)
-    return image
 
 
 # --------------------------------------------------------------------------------------------

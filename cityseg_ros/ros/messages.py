@@ -23,10 +23,9 @@ both of which the setter iterates; measured with rclpy 7.1).
 """
 
 import array
-from typing import Dict
 
 from cityseg_ros.errors import ImageError
-import cv2
+from cityseg_ros.imagemsg import COLOR_ENCODINGS, image_to_numpy
 import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -34,21 +33,8 @@ from std_msgs.msg import Header
 __all__ = ['ACCEPTED_ENCODINGS', 'copy_header', 'image_to_rgb', 'labels_msg',
            'confidence_msg', 'rgb_msg', 'stamp_ns']
 
-#: Input encodings and their channel count (DESIGN.md, "Contract: topics").
-_CHANNELS: Dict[str, int] = {
-    'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1,
-    'bayer_rggb8': 1, 'bayer_bggr8': 1, 'bayer_gbrg8': 1, 'bayer_grbg8': 1,
-}
-ACCEPTED_ENCODINGS = tuple(_CHANNELS)
-
-# OpenCV names a Bayer pattern by the 2x2 cell starting at the second row and column, so ROS's
-# bayer_rggb8 is OpenCV's BayerBG (cv_bridge's getConversionCode, rosbags-image's ENCODINGMAP).
-_TO_RGB: Dict[str, int] = {
-    'bgr8': cv2.COLOR_BGR2RGB, 'rgba8': cv2.COLOR_RGBA2RGB, 'bgra8': cv2.COLOR_BGRA2RGB,
-    'mono8': cv2.COLOR_GRAY2RGB,
-    'bayer_rggb8': cv2.COLOR_BayerBG2RGB, 'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
-    'bayer_gbrg8': cv2.COLOR_BayerGR2RGB, 'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
-}
+#: Input encodings (DESIGN.md, "Contract: topics").
+ACCEPTED_ENCODINGS = COLOR_ENCODINGS
 
 
 def stamp_ns(header: Header) -> int:
@@ -78,32 +64,11 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         ImageError: unknown encoding, zero size, ``step`` too small, or ``data`` shorter than
             ``step * height``; the message names the problem and the accepted encodings.
     """
-    encoding = msg.encoding
-    channels = _CHANNELS.get(encoding)
-    if channels is None:
-        raise ImageError(f'unsupported encoding {encoding!r}; accepted: '
+    if msg.encoding not in ACCEPTED_ENCODINGS:
+        raise ImageError(f'unsupported encoding {msg.encoding!r}; accepted: '
                          f'{", ".join(ACCEPTED_ENCODINGS)} (republish through image_proc or '
                          'convert on the camera driver)')
-    height, width, step = msg.height, msg.width, msg.step
-    if height <= 0 or width <= 0:
-        raise ImageError(f'{encoding} image has size {width}x{height}: width and height must '
-                         'be > 0')
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ImageError(f'{encoding} image {width}x{height} has step {step}, smaller than '
-                         f'width x {channels} channel(s) = {row_bytes}')
-    size = len(msg.data)
-    if size < step * height:
-        raise ImageError(f'{encoding} image {width}x{height} has {size} data bytes, fewer than '
-                         f'step x height = {step} x {height} = {step * height} (truncated)')
-    rows = np.frombuffer(msg.data, np.uint8, count=step * height).reshape(height, step)
-    pixels = rows[:, :row_bytes]
-    if channels > 1:
-        pixels = pixels.reshape(height, width, channels)
-    code = _TO_RGB.get(encoding)
-    if code is None:  # rgb8: the message's own buffer unless rows are padded
-        return np.ascontiguousarray(pixels)
-    return cv2.cvtColor(pixels, code)
+    return image_to_numpy(msg, rgb=True)
 
 
 def _image_msg(pixels: np.ndarray, header: Header, encoding: str, channels: int) -> Image:

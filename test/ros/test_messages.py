@@ -120,7 +120,7 @@ def test_image_to_rgb_rejects_empty_images(height, width):
 def test_image_to_rgb_rejects_a_step_smaller_than_a_row():
     msg = _image(RGB, 'rgb8')
     msg.step = 29
-    with pytest.raises(ImageError, match='step 29, smaller than width x 3'):
+    with pytest.raises(ImageError, match='step 29, smaller than width x 3 byte'):
         image_to_rgb(msg)
 
 
