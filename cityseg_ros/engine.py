@@ -231,9 +231,11 @@ class Segmenter:
             long_edge, short_edge = max(th, tw) * scale, min(th, tw) * scale
             if self.spec.resize == 'fit':  # mmcv.imrescale
                 factor = min(long_edge / max(height, width), short_edge / min(height, width))
-            else:  # 'long_side': HRNet's base_size * scale on the long side
-                factor = int(long_edge + 0.5) / max(height, width)
-            h, w = int(height * factor + 0.5), int(width * factor + 0.5)
+                h, w = int(height * factor + 0.5), int(width * factor + 0.5)
+            else:  # 'long_side': HRNet's base_size * scale on the long side, same rounding
+                side = int(long_edge + 0.5)
+                h, w = ((side, int(width * side / height + 0.5)) if height > width
+                        else (int(height * side / width + 0.5), side))
         div = self.spec.size_divisor
         return _round_up(h, div), _round_up(w, div)
 
@@ -247,10 +249,10 @@ class Segmenter:
     def resize_normalize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Resize a 0..255 batch to the network size and normalise it with the model's stats."""
         if tuple(x.shape[-2:]) != tuple(size):
-            # antialias: EdgeNets (PIL) and mmcv resize with a filter that widens when
-            # downscaling; without it a 2048->1024 resize aliases.
+            # Bilinear with half-pixel centres is cv2's INTER_LINEAR (HRNet, mmcv); with
+            # antialias it is PIL's BILINEAR (EdgeNets).
             x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False,
-                              antialias=True)
+                              antialias=self.spec.antialias)
         x = (x - self._mean) * self._inv_std
         return x.contiguous(memory_format=self._memory_format)
 
@@ -270,60 +272,66 @@ class Segmenter:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores of a 0..255 batch (from :meth:`to_device`) with the configured TTA.
 
-        The scores are logits for ``tta='none'``; with TTA they are merged as the model's
-        protocol says (``spec.tta_merge``). Argmax gives the labels either way. They come at
-        the image size (``spec.logits_at_image_size``) or at the scale-1 network size.
+        One pass gives logits. With TTA the passes are merged as the model's published test
+        code does (``spec.tta_merge``); argmax gives the labels either way. Scores come at the
+        image size (``spec.logits_at_image_size``) or at the scale-1 network size.
         """
         height, width = x.shape[-2:]
         out_size = (height, width) if self.spec.logits_at_image_size \
             else self.net_size(height, width)
         scales = self.spec.tta_scales if self.tta == 'multiscale' else (1.0,)
-        flips = (False, True) if self.tta in ('flip', 'multiscale') else (False,)
+        flip = self.tta in ('flip', 'multiscale')
+        merge = self.spec.tta_merge if (flip or len(scales) > 1) else 'logits'
         total = None
         for scale in scales:
             xs = self.resize_normalize(x, self.net_size(height, width, scale))
-            for flip in flips:
-                out = self._forward_tiled(xs.flip(-1) if flip else xs)
-                out = out.flip(-1) if flip else out
-                if tuple(out.shape[-2:]) != tuple(out_size):
-                    out = F.interpolate(out, size=out_size, mode='bilinear',
-                                        align_corners=self.spec.align_corners)
-                if len(scales) * len(flips) > 1:
-                    out = self._merge_term(out)
-                total = out if total is None else total + out
+            tiled = scale > 1.0
+            if merge == 'exp':  # HRNet: flip averaged as logits, then exp, per window
+                terms = [self._windows(xs, tiled, lambda w: self._flip_mean(w, flip).exp())]
+            else:  # mmseg: every flip is a pass of its own
+                terms = [self._windows(xs, tiled, self.forward)]
+                if flip:
+                    terms.append(self._windows(xs.flip(-1), tiled, self.forward).flip(-1))
+            for term in terms:
+                term = self._resize(term, out_size)
+                term = term.softmax(dim=1) if merge == 'softmax' else term
+                total = term if total is None else total + term
         return total
 
-    def _forward_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        """Run :meth:`forward`, in overlapping crops when ``x`` exceeds the model's crop size.
+    def _flip_mean(self, x: torch.Tensor, flip: bool) -> torch.Tensor:
+        logits = self.forward(x)
+        return (logits + self.forward(x.flip(-1)).flip(-1)) * 0.5 if flip else logits
 
-        Crops overlap by a third (stride = 2/3 crop, as HRNet's and mmseg's slide tests) and
-        their logits are averaged where they overlap.
+    def _resize(self, scores: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if tuple(scores.shape[-2:]) == tuple(size):
+            return scores
+        return F.interpolate(scores, size=tuple(size), mode='bilinear',
+                             align_corners=self.spec.align_corners)
+
+    def _windows(self, x: torch.Tensor, tiled: bool, fn) -> torch.Tensor:
+        """Apply ``fn`` (a batch -> N,19,h,w scores at its size) to ``x`` whole or in crops.
+
+        Crops (only when ``tiled`` and ``x`` exceeds ``spec.crop_size``) follow HRNet's
+        multi_scale_inference: stride = crop, the last crop shifted back inside the image,
+        scores averaged where crops overlap.
         """
         crop = self.spec.crop_size
         h, w = x.shape[-2:]
-        if crop is None or (h <= crop[0] and w <= crop[1]):
-            return self.forward(x)
+        if not tiled or crop is None or (h <= crop[0] and w <= crop[1]):
+            return fn(x)
         ch, cw = min(crop[0], h), min(crop[1], w)
-        sh, sw = max(1, (2 * ch) // 3), max(1, (2 * cw) // 3)
-        tops = list(range(0, h - ch, sh)) + [h - ch]
-        lefts = list(range(0, w - cw, sw)) + [w - cw]
+        tops = list(range(0, h - ch, ch)) + [h - ch]
+        lefts = list(range(0, w - cw, cw)) + [w - cw]
         total = x.new_zeros((x.shape[0], NUM_CLASSES, h, w))
         count = x.new_zeros((1, 1, h, w))
         for top in tops:
             for left in lefts:
-                total[..., top:top + ch, left:left + cw] += self.forward(
+                total[..., top:top + ch, left:left + cw] += fn(
                     x[..., top:top + ch, left:left + cw])
                 count[..., top:top + ch, left:left + cw] += 1
         return total / count
 
     # -- helpers ------------------------------------------------------------------------------
-
-    def _merge_term(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.spec.tta_merge == 'exp':
-            return logits.exp()
-        if self.spec.tta_merge == 'softmax':
-            return logits.softmax(dim=1)
-        return logits
 
     def _probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         merged_prob = self.tta != 'none' and self.spec.tta_merge in ('exp', 'softmax')

@@ -160,6 +160,7 @@ def test_official_weights_on_the_tiny_frame(shared):
     ('fit', (1024, 2048), (1024, 2048)),
     ('fit', (1080, 1920), (1024, 1820)),      # mmcv.imrescale to fit 2048x1024
     ('long_side', (1080, 1920), (1152, 2048)),  # HRNet: long side = base_size 2048
+    ('long_side', (2048, 1536), (2048, 1536)),  # portrait: the height is the long side
     ('long_side', (512, 1024), (1024, 2048)),
 ])
 def test_net_size_follows_the_model_protocol(monkeypatch, seg, resize, image, expected):
@@ -169,19 +170,36 @@ def test_net_size_follows_the_model_protocol(monkeypatch, seg, resize, image, ex
     assert seg.net_size(*image) == expected
 
 
-def test_inputs_larger_than_the_crop_are_tiled_and_averaged(monkeypatch, seg):
+def test_scales_above_one_are_tiled_with_a_stride_of_one_crop(monkeypatch, seg):
     x = seg.preprocess(_images((64, 128)))
     whole = seg.forward(x)
     calls = []
-    real_forward = seg.forward
 
     def forward(crop):
         calls.append(tuple(crop.shape[-2:]))
-        return real_forward(crop)
-    monkeypatch.setattr(seg, 'forward', forward)
-    monkeypatch.setattr(seg, 'spec', dataclasses.replace(seg.spec, crop_size=(64, 64)))
-    tiled = seg._forward_tiled(x)
+        return whole[..., :, :crop.shape[-1]] * 0 + len(calls)  # crop k scores k everywhere
+    monkeypatch.setattr(seg, 'spec', dataclasses.replace(seg.spec, crop_size=(64, 48)))
+    tiled = seg._windows(x, True, forward)
+    assert calls == [(64, 48), (64, 48), (64, 48)]  # lefts 0, 48 and 80 (shifted back)
     assert tiled.shape == whole.shape
-    assert set(calls) == {(64, 64)} and len(calls) == 3  # lefts 0, 42, 64
-    # The network sees less context per crop, so only the bulk agrees.
-    assert (tiled.argmax(1) == whole.argmax(1)).float().mean() > 0.5
+    # Columns 80..95 are covered by crops 2 and 3: their scores are averaged.
+    assert tiled[0, 0, 0, 0] == 1 and tiled[0, 0, 0, 90] == 2.5 and tiled[0, 0, 0, 127] == 3
+    calls.clear()
+    seg._windows(x, False, forward)
+    assert calls == [(64, 128)]  # scales <= 1 run whole, whatever the crop
+
+
+@pytest.mark.parametrize('merge', ['exp', 'softmax', 'logits'])
+def test_flip_merge_follows_the_model_protocol(monkeypatch, merge):
+    seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=SMALL, tta='flip')
+    monkeypatch.setattr(seg, 'spec', dataclasses.replace(seg.spec, tta_merge=merge))
+    image = seg.to_device(_images((64, 128)))
+    with torch.inference_mode():
+        x = seg.preprocess([np.zeros((64, 128, 3), np.uint8)]) * 0 + seg.resize_normalize(
+            image, (64, 128))
+        plain, mirrored = seg.forward(x), seg.forward(x.flip(-1)).flip(-1)
+        scores = seg.scores(image)
+    expected = {'exp': ((plain + mirrored) / 2).exp(),  # HRNet: logits averaged, then exp
+                'softmax': plain.softmax(1) + mirrored.softmax(1),  # mmseg aug_test
+                'logits': plain + mirrored}[merge]
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)

@@ -77,21 +77,30 @@ class ModelSpec:
             EdgeNets), 'fit' (keep the aspect ratio, fit inside ``test_size``: mmcv's
             ``imrescale``) or 'long_side' (keep the ratio, long side = the larger of
             ``test_size``: HRNet's ``base_size``). TTA scales multiply ``test_size``.
+        antialias: resize the image with a filter that widens when downscaling (PIL, as in
+            EdgeNets' test script) instead of plain bilinear (cv2 INTER_LINEAR, as HRNet and
+            mmcv do).
         align_corners: how logits are upsampled.
         logits_at_image_size: True: logits are upsampled to the camera image's size before
             argmax (mmseg, HRNet); False: to the network input size, and the label map is
             resized to the image with nearest neighbour (EdgeNets' test script).
         output_stride: input size / logit size of ``model(x)``.
         tta_scales: the multi-scale test-time augmentation scales of the published protocol.
-        tta_merge: how augmented passes are combined: 'logits' (mean of logits), 'exp' (sum
-            of exp(logits), HRNet's test code) or 'softmax' (mean of probabilities, mmseg).
+        tta_merge: how augmented passes are combined: 'logits' (mean of logits), 'exp'
+            (HRNet's test code: flips averaged as logits, exp, crops averaged, scales summed)
+            or 'softmax' (mmseg's aug_test: mean of the probabilities of every pass).
         size_divisor: network input sides are rounded to a multiple of this (the stride the
             architecture needs so encoder and decoder feature maps line up).
-        crop_size: (H, W) largest window the model runs on whole; bigger scales are tiled.
+        crop_size: (H, W) window for scales > 1 whose image is larger: those are run in
+            crops of this size at a stride of one crop, the last one shifted back inside the
+            image, and averaged where they overlap (HRNet's multi_scale_inference).
         weights: released checkpoints; the first is the default.
         adapter: maps an official checkpoint to this package's state-dict keys.
         num_params: parameter count of the default build (checked by the tests).
         paper: published score and its protocol, for the README and benchmark tables.
+        backbone_weights: ImageNet weights of the encoder that training may start from
+            (``train --backbone-weights``; its ``url`` is the backbone URL), not a checkpoint
+            of this model; None when the model has no separately released backbone.
     """
 
     name: str
@@ -104,6 +113,7 @@ class ModelSpec:
     align_corners: bool
     output_stride: int
     logits_at_image_size: bool = True
+    antialias: bool = False
     tta_scales: tuple[float, ...] = (1.0,)
     tta_merge: str = 'logits'
     size_divisor: int = 1
@@ -112,6 +122,7 @@ class ModelSpec:
     adapter: KeyAdapter = identity_adapter
     num_params: Optional[int] = None
     paper: str = ''
+    backbone_weights: Optional[WeightsFile] = None
 
     def weights_for(self, path_or_name: Optional[str]) -> Optional[WeightsFile]:
         """Return the released file a local path refers to (by file name); None: the default."""
@@ -145,6 +156,42 @@ _HRNET_URL = 'https://github.com/hsfzxjy/models.storage/releases/download/HRNet-
 _INTERNIMAGE_URL = 'https://huggingface.co/OpenGVLab/InternImage/resolve/main/'
 # The published multi-scale protocol of HRNet-OCR and InternImage (+ flip).
 _SIX_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+# torchvision's ImageNet ResNets (IMAGENET1K_V2, the files serdarch/Efficient-ResNet links);
+# the hex in each name is the start of its sha256.
+_TORCHVISION_URL = 'https://download.pytorch.org/models/'
+_RESNET50_IMAGENET = WeightsFile('resnet50-11ad3fa6.pth',
+                                 _TORCHVISION_URL + 'resnet50-11ad3fa6.pth',
+                                 score='ImageNet-1k top-1 80.86 (torchvision IMAGENET1K_V2)')
+_RESNET101_IMAGENET = WeightsFile('resnet101-cd907fc2.pth',
+                                  _TORCHVISION_URL + 'resnet101-cd907fc2.pth',
+                                  score='ImageNet-1k top-1 81.89 (torchvision IMAGENET1K_V2)')
+_SERNET_NO_WEIGHTS = ('No code or weights were released (arXiv 2401.15741, serdarch/'
+                      'SERNet-Former): this is an independent implementation; train it. ')
+
+
+def _sernet_former(name: str, builder: str, num_params: int, backbone: WeightsFile,
+                   paper: str) -> ModelSpec:
+    # Everything but the test protocol is our choice (the paper gives none): mmseg's
+    # Cityscapes defaults, whole 1024x2048 image, logits at 1/4 upsampled bilinearly.
+    return ModelSpec(
+        name=name,
+        builder=_lazy('sernet_former', builder),
+        num_classes=19,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        test_size=(1024, 2048),
+        resize='fit',
+        align_corners=False,
+        output_stride=4,
+        tta_scales=_SIX_SCALES,
+        tta_merge='softmax',
+        size_divisor=32,
+        weights=(),
+        num_params=num_params,
+        paper=_SERNET_NO_WEIGHTS + paper,
+        backbone_weights=backbone,
+    )
+
 
 ZOO: dict[str, ModelSpec] = {
     'espnetv2': ModelSpec(
@@ -156,6 +203,7 @@ ZOO: dict[str, ModelSpec] = {
         std=IMAGENET_STD,
         test_size=(512, 1024),
         resize='fixed',
+        antialias=True,
         align_corners=True,
         output_stride=2,
         logits_at_image_size=False,
@@ -248,6 +296,17 @@ ZOO: dict[str, ModelSpec] = {
         paper='UperNet + InternImage-XL, Mapillary pre-training (Wang et al., CVPR 2023): '
               '86.42 val (6 scales + flip), 86.20 single scale',
     ),
+    'sernet_former_r50': _sernet_former(
+        'sernet_former_r50', 'sernet_former_r50', 38_316_595, _RESNET50_IMAGENET,
+        'Paper (Erisen, CVPRW 2024): 73.31 mIoU for its ResNet-50 row, protocol not given'),
+    'sernet_former_r101': _sernet_former(
+        'sernet_former_r101', 'sernet_former_r101', 57_308_723, _RESNET101_IMAGENET,
+        'Paper (Erisen, CVPRW 2024): 77.04 mIoU for Efficient-ResNet (R101), protocol not '
+        'given'),
+    'sernet_former': _sernet_former(
+        'sernet_former', 'sernet_former', 57_308_723, _RESNET101_IMAGENET,
+        'Paper (Erisen, CVPRW 2024): 84.83 Cityscapes test server, 87.35 val (protocol not '
+        'given); ours: Efficient-ResNet-101, all modules, output stride 8'),
 }
 
 
