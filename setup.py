@@ -48,7 +48,7 @@ EXTRAS = {
 }
 SCRIPTS = ['segment_node=cityseg_ros.ros.node:main'] + [
     f'{tool}=cityseg_ros.tools.{tool}:main'
-    for tool in ('segment_images', 'make_bag', 'evaluate', 'fetch_weights', 'benchmark')
+    for tool in ('segment_images', 'make_bag', 'evaluate', 'fetch_weights', 'benchmark', 'train')
 ]
 
 setup(

@@ -26,8 +26,9 @@ float rounding (about 1e-5 on the logits):
   size works; upstream raises on a size mismatch unless H and W are 0 or 15 modulo 16.
 * The average-pooled image pyramid feeding the down-samplers' input shortcuts is computed once
   per forward instead of once per down-sampler.
-* The pyramid pooling's concatenate / shuffle / grouped 3x3 convolution is computed as a sum of
-  depth-wise convolutions, which avoids two copies of the decoder's largest tensor.
+* In eval mode, the pyramid pooling's concatenate / shuffle / grouped 3x3 convolution is
+  computed as a sum of depth-wise convolutions, which avoids two copies of the decoder's
+  largest tensor. Training mode keeps upstream's path, so the merge BatchNorm trains.
 
 ``ESPNetv2.fuse_bn`` optionally folds BatchNorm into the convolutions for faster inference.
 """
@@ -311,7 +312,10 @@ class EESPNet(nn.Module):
 class EfficientPyrPool(nn.Module):
     """Efficient pyramid pooling: depth-wise 3x3 convolutions at five scales, merged.
 
-    Inference only: the merge BatchNorm always uses its running statistics.
+    In eval mode the merge is computed level by level (``_merge``, no concatenation; the merge
+    BatchNorm uses its running statistics, as eval mode does anyway). In training mode it is
+    upstream's concatenate / BatchNorm / shuffle / grouped convolution, so that BatchNorm
+    trains on batch statistics.
     """
 
     def __init__(self, in_ch: int, proj_ch: int, out_ch: int, last_layer_br: bool = True,
@@ -362,6 +366,8 @@ class EfficientPyrPool(nn.Module):
         return self._merge(levels)
 
     def _merge(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        if self.training:
+            return self._merge_concat(levels)
         # Upstream: concatenate, BatchNorm + PReLU, shuffle channels, then a 3x3 convolution
         # whose group i reads channel i of every level. The same sum, taken level by level as
         # depth-wise convolutions, skips the concatenation and the shuffle (two copies of the
@@ -380,6 +386,18 @@ class EfficientPyrPool(nn.Module):
                          groups=width)
             out = y if out is None else out + y
         out = self.merge_layer[3](conv_act(conv_bn(out)))
+        return out if self.br is None else self.br(out)
+
+    def _merge_concat(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        # Upstream's path, for training: the merge BatchNorm sees the concatenated levels, so
+        # it normalises with batch statistics and updates its running ones. Channel c of
+        # level j moves to position c * levels + j (upstream's Shuffle), so that group c of the
+        # grouped convolution reads channel c of every level.
+        y = self.merge_layer[0](torch.cat(levels, 1))
+        n, channels, height, width = y.shape
+        y = y.reshape(n, len(levels), channels // len(levels), height, width).transpose(1, 2)
+        y = self.merge_layer[2](y.reshape(n, channels, height, width))
+        out = self.merge_layer[3](y)
         return out if self.br is None else self.br(out)
 
     @torch.no_grad()
