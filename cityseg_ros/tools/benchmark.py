@@ -33,6 +33,10 @@ from cityseg_ros.tools.common import EXIT_OK, run_cli
 TABLES = {
     'forward': ('cityseg_ros.bench.forward_table', 'Model forward time'),
     'render': ('cityseg_ros.bench.render_table', 'Render and message encode per 2048x1024 frame'),
+    'hrnet': ('cityseg_ros.bench.hrnet_table',
+              'HRNet-W48+OCR forward at 1024x2048 against the official code (CPU, peak memory)'),
+    'internimage': ('cityseg_ros.bench.internimage_table',
+                    'UperNet+InternImage-L/XL forward, peak memory and DCNv3 share'),
     'node': ('cityseg_ros.ros.node_table',
              'End-to-end latency through DDS (publisher process -> node process -> subscriber)'),
     'stereo': ('cityseg_ros.bench.stereo_table',
@@ -41,10 +45,13 @@ TABLES = {
     'eval': ('cityseg_ros.bench.eval_table', 'Bag evaluator frames/s against cityscapesscripts'),
 }
 
+#: The quick tables (minutes on 2 CPU cores); hrnet and internimage take tens of minutes.
+DEFAULT_TABLES = ['forward', 'render', 'node', 'stereo', 'metrics', 'eval']
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='benchmark', description=__doc__.splitlines()[0])
-    parser.add_argument('--tables', nargs='+', default=list(TABLES),
+    parser.add_argument('--tables', nargs='+', default=DEFAULT_TABLES,
                         help=f'tables to print, from: {", ".join(TABLES)}')
     parser.add_argument('--models', nargs='+', default=['espnetv2'], choices=model_names())
     parser.add_argument('--device', default='auto')
