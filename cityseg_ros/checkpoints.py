@@ -37,6 +37,7 @@ import urllib.request
 from cityseg_ros import __version__
 from cityseg_ros.errors import CheckpointError, DownloadError, ZooError
 from cityseg_ros.models.zoo import get_spec, ModelSpec, WeightsFile, ZOO
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -185,6 +186,21 @@ def _describe_bytes(head: bytes) -> str:
     return 'unknown data (first bytes ' + head[:8].hex(' ') + ')'
 
 
+def _numpy_scalar_globals() -> list:
+    """Allow numpy scalars and dtypes, which only rebuild plain numbers.
+
+    mmcv's EvalHook stores ``meta['hook_msgs']['best_score']`` as a numpy float64, so released
+    mmseg checkpoints (InternImage) hold one; weights_only refuses it by default. The alias
+    covers files pickled under numpy 1.x.
+    """
+    scalar = np._core.multiarray.scalar
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith('DType')]
+    return [scalar, (scalar, 'numpy.core.multiarray.scalar'), np.dtype] + dtypes
+
+
+_NUMPY_SCALARS = _numpy_scalar_globals()
+
+
 def _read_checkpoint(path: Path, fix: str) -> object:
     """``torch.load`` with ``weights_only=True``; every failure becomes a CheckpointError."""
     if not path.exists():
@@ -203,7 +219,8 @@ def _read_checkpoint(path: Path, fix: str) -> object:
     try:
         # mmap only works for the zip format (torch >= 1.6); legacy pickles (e.g. the EdgeNets
         # files) are read whole.
-        return torch.load(path, map_location='cpu', weights_only=True, mmap=is_zip)
+        with torch.serialization.safe_globals(_NUMPY_SCALARS):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch.load raises many types for bad data; all mean "bad file"
         text = str(exc)
         refused = re.search(r'Unsupported (?:global: GLOBAL |class )([\w.]+)', text)

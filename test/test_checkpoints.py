@@ -574,3 +574,15 @@ def test_espnetv2_s05_file_into_default_model_names_the_variant(shared):
     with pytest.raises(CheckpointError, match=r"zoo model 'espnetv2'.*wrongly shaped.*"
                                               r"variant \{'s': 0.5\}"):
         load_checkpoint(zoo.build_model('espnetv2'), path)
+
+
+def test_mmcv_meta_with_numpy_scalars_loads(tmp_path):
+    """Load an mmcv meta with numpy scalars (EvalHook leaves them): plain numbers, not code."""
+    import numpy as np
+    path = tmp_path / 'mmcv.pth'
+    torch.save({'meta': {'hook_msgs': {'best_score': np.float64(0.84), 'last_ckpt': 'x'},
+                         'iter': np.int64(160000)},
+                'state_dict': {'w': torch.ones(2)}}, path)
+    state = checkpoints._read_checkpoint(path, 'fix')
+    assert state['meta']['hook_msgs']['best_score'] == 0.84
+    assert torch.equal(state['state_dict']['w'], torch.ones(2))
