@@ -33,9 +33,9 @@ import statistics
 import sys
 import time
 import types
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from cityseg_ros.bench.timing import markdown_table
+from cityseg_ros.bench.timing import markdown_table, peak_memory
 from cityseg_ros.errors import ConfigError
 from cityseg_ros.models.hrnet_ocr import hrnet_w48_ocr
 from cityseg_ros.models.synthetic import synthetic_input, synthetic_state_dict
@@ -53,7 +53,6 @@ SOURCE_ENV = 'CITYSEG_ROS_HRNET_OCR_SRC'
 CONFIG = ('experiments/cityscapes/'
           'seg_hrnet_ocr_w48_trainval_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml')
 _PACKAGE = '_cityseg_hrnet_ocr_upstream'
-_GiB = float(1 << 30)
 
 
 def load_reference(root: str) -> nn.Module:
@@ -176,7 +175,7 @@ def _measure(variants: dict, runs: int, errors: dict) -> tuple:
     with torch.inference_mode():
         for name, fn in variants.items():
             try:
-                peaks[name], outputs[name] = _peak_memory(fn)
+                peaks[name], outputs[name] = peak_memory(fn)
             except (RuntimeError, MemoryError) as exc:  # e.g. out of memory
                 errors[name] = f'error: {type(exc).__name__}: {exc}'
         for _ in range(runs):
@@ -186,25 +185,3 @@ def _measure(variants: dict, runs: int, errors: dict) -> tuple:
                     fn()
                     samples[name].append(time.perf_counter() - start)
     return samples, peaks, outputs
-
-
-def _peak_memory(fn: Callable[[], torch.Tensor]) -> tuple:
-    """Run ``fn`` once; return (rise of the peak resident set in GiB or None, its output)."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as fh:
-            fh.write('5')  # resets VmHWM to the current resident set
-        base = _status_kib('VmRSS:')
-    except OSError:
-        base = None
-    out = fn()
-    if base is None:
-        return None, out
-    return (_status_kib('VmHWM:') - base) * 1024 / _GiB, out
-
-
-def _status_kib(field: str) -> int:
-    with open('/proc/self/status') as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise OSError(f'/proc/self/status has no {field}')

@@ -41,7 +41,7 @@ import types
 from typing import Callable, Optional, Sequence
 import warnings
 
-from cityseg_ros.bench.timing import markdown_table
+from cityseg_ros.bench.timing import markdown_table, peak_memory
 from cityseg_ros.errors import ConfigError
 from cityseg_ros.models import dcnv3
 from cityseg_ros.models.internimage import (L_CHANNELS, L_DEPTHS, L_GROUPS, MLP_RATIO,
@@ -66,7 +66,6 @@ MODELS = {
                                     'groups': list(XL_GROUPS)}),
 }
 OFFICIAL = 'official backbone, dcnv3_core_pytorch'
-_GiB = float(1 << 30)
 
 
 class _Identity(nn.Module):
@@ -300,7 +299,7 @@ def _measure(variants: dict, x: torch.Tensor, runs: int, errors: dict, timers: d
     with torch.inference_mode():
         for label, fn in variants.items():
             try:
-                peaks[label], outputs[label] = _peak_memory(lambda: fn(x))
+                peaks[label], outputs[label] = peak_memory(lambda: fn(x))
             except (RuntimeError, MemoryError) as exc:  # e.g. out of memory
                 errors[label] = f'error: {type(exc).__name__}: {exc}'
         for _ in range(runs):
@@ -317,25 +316,3 @@ def _measure(variants: dict, x: torch.Tensor, runs: int, errors: dict, timers: d
     for label in errors:
         variants.pop(label, None)
     return samples, peaks, outputs, cores
-
-
-def _peak_memory(fn: Callable[[], torch.Tensor]) -> tuple:
-    """Run ``fn`` once; return (rise of the peak resident set in GiB or None, its output)."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as fh:
-            fh.write('5')  # resets VmHWM to the current resident set
-        base = _status_kib('VmRSS:')
-    except OSError:
-        base = None
-    out = fn()
-    if base is None:
-        return None, out
-    return (_status_kib('VmHWM:') - base) * 1024 / _GiB, out
-
-
-def _status_kib(field: str) -> int:
-    with open('/proc/self/status') as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise OSError(f'/proc/self/status has no {field}')

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ['Timing', 'time_call', 'environment_line', 'markdown_table']
+__all__ = ['Timing', 'time_call', 'environment_line', 'markdown_table', 'peak_memory']
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,25 @@ def markdown_table(header: list, rows: list) -> str:
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
     return '\n'.join(lines)
+
+
+def peak_memory(fn: Callable[[], torch.Tensor]) -> tuple:
+    """Run ``fn`` once; return (rise of the peak resident set in GiB or None, its output)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as fh:
+            fh.write('5')  # resets VmHWM to the current resident set
+        base = _status_kib('VmRSS:')
+    except OSError:
+        base = None
+    out = fn()
+    if base is None:
+        return None, out
+    return (_status_kib('VmHWM:') - base) * 1024 / float(1 << 30), out
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise OSError(f'/proc/self/status has no {field}')

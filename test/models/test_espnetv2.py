@@ -33,15 +33,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # The test machine is shared; the full-size network at 64x128 needs no more.
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, 2))
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope='module')
 def model_s2() -> ESPNetv2:
     torch.manual_seed(0)

@@ -47,15 +47,6 @@ NUM_PARAMS = 70_372_678
 RELEASE = 'hrnet_ocr_cs_trainval_8227_torch11.pth'
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # The fixtures were made with 2 threads; the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, 2))
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope='module')
 def rows(shared):
     return read_manifest(shared('reference', MANIFEST))

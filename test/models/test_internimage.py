@@ -79,15 +79,6 @@ class Case:
     model: UperNetInternImage
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # The golden run used 2 threads; the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, 2))
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope='module', params=sorted(VARIANTS))
 def case(request, shared):
     """Build one full-size model and its synthetic state dict; free both afterwards."""
