@@ -27,6 +27,7 @@ from cityseg_ros.bench.timing import environment_line
 from cityseg_ros.errors import ConfigError
 from cityseg_ros.models.zoo import model_names
 from cityseg_ros.tools.common import EXIT_OK, run_cli
+from cityseg_ros.tools.segment_images import parse_size
 
 #: table name -> (module with ``run(runs=...) -> str``, title). The node table lives under
 #: cityseg_ros.ros because it needs rclpy; it is imported only when asked for.
@@ -34,7 +35,7 @@ TABLES = {
     'forward': ('cityseg_ros.bench.forward_table', 'Model forward time'),
     'render': ('cityseg_ros.bench.render_table', 'Render and message encode per 2048x1024 frame'),
     'hrnet': ('cityseg_ros.bench.hrnet_table',
-              'HRNet-W48+OCR forward at 1024x2048 against the official code (CPU, peak memory)'),
+              'HRNet-W48+OCR forward against the official code (CPU, peak memory)'),
     'internimage': ('cityseg_ros.bench.internimage_table',
                     'UperNet+InternImage-L/XL forward, peak memory and DCNv3 share'),
     'node': ('cityseg_ros.ros.node_table',
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--runs', type=int, default=5, help='timed runs per row')
     parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--sizes', nargs='+', type=parse_size, metavar='HxW',
+                        default=[(512, 1024), (1024, 2048)],
+                        help='input sizes of the hrnet and internimage tables, one table each '
+                             '(default: 512x1024 1024x2048)')
     return parser
 
 
@@ -76,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         elif table == 'eval':
             kwargs.update(device=args.device)
         print(f'\n## {title}\n')
-        print(module.run(**kwargs), flush=True)
+        if table in ('hrnet', 'internimage'):
+            for size in args.sizes:
+                print(module.run(size=size, **kwargs), flush=True)
+        else:
+            print(module.run(**kwargs), flush=True)
     return EXIT_OK
 
 
