@@ -75,3 +75,13 @@ def official_eval():
         return ev.evaluateImgLists([str(p) for p in pred_files], [str(g) for g in gt_files],
                                    args)
     return evaluate
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread, then restore the count."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -34,13 +34,8 @@ import torch.nn.functional as F
 REAL_FRAMES = ('aachen_000000_000019', 'aachen_000001_000019')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared: one OpenMP thread avoids barrier stalls under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Training steps on a shared 2-core machine: one OpenMP thread avoids barrier stalls.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _pair(h=96, w=160, seed=0):

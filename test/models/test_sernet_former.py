@@ -41,13 +41,8 @@ TORCHVISION_NAMES = ('conv1.weight', 'bn1.weight', 'bn1.running_var', 'layer1.0.
                      'layer2.0.conv2.weight', 'layer3.5.bn3.bias', 'fc.weight', 'fc.bias')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared: one OpenMP thread avoids barrier stalls under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Training steps on a shared 2-core machine: one OpenMP thread avoids barrier stalls.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.mark.parametrize('name', sorted(NUM_PARAMS))

@@ -30,12 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Training steps on a shared 2-core machine: one OpenMP thread avoids barrier stalls.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _dataset(root: Path, frames: int = 2, size=(96, 192)) -> Path:
