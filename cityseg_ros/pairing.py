@@ -33,14 +33,34 @@ Rules, in the order :meth:`StampPairer.push` applies them:
 
 Like ``message_filters.ApproximateTime`` but with a fixed tolerance instead of an adaptive
 window, which is what a hardware-synchronised stereo pair and a dataset bag need.
+
+Time is not monotonic (a bag played with ``--loop``, a simulator reset, a driver clock that
+sends one stamp far in the future). With ``jump_ns`` set (the live node sets it) the pairer
+recovers by itself instead of calling everything after such a stamp *late* for good:
+
+4. A late item more than ``jump_ns`` behind the stamp that made it late, or the
+   ``late_streak``-th late item of a key in a row, is a *jump back*: every pending item is
+   dropped (counted), the late watermarks are forgotten, and the item is queued as in rule 2.
+5. At a match, pending items more than ``jump_ns`` newer than the matched set are dropped as
+   *future* (one bogus stamp must not sit in the queue for good), and a matched stamp more
+   than ``jump_ns`` and ten typical frame gaps (ten ``jump_ns`` until the gap is known) after
+   the previous one is counted as a *jump forward* (nothing to recover: newer stamps match).
 """
 
 import bisect
+from collections import deque
 from dataclasses import dataclass, field
+import statistics
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Deque, Optional, Sequence
 
-__all__ = ['Matched', 'PairingStats', 'StampPairer']
+__all__ = ['Matched', 'PairingStats', 'StampPairer', 'TimeJump']
+
+#: A forward gap counts as a jump only when it is this many typical gaps long too, so a slow
+#: camera (0.5 Hz) is not reported as jumping at every frame.
+FORWARD_GAP_FACTOR = 10
+#: Recent gaps between matched stamps kept for the typical gap (bounded).
+_GAP_HISTORY = 16
 
 
 @dataclass(frozen=True)
@@ -61,12 +81,40 @@ class Matched:
 
 
 @dataclass(frozen=True)
+class TimeJump:
+    """A jump of the stamps seen by a :class:`StampPairer`.
+
+    Attributes:
+        key: the stream whose item showed the jump.
+        from_ns: the stamp before the jump (the watermark it fell behind, or the previous
+            matched stamp), nanoseconds.
+        to_ns: the stamp after it, nanoseconds.
+    """
+
+    key: str
+    from_ns: int
+    to_ns: int
+
+    @property
+    def delta_ns(self) -> int:
+        """Signed size of the jump (negative: back in time), nanoseconds."""
+        return self.to_ns - self.from_ns
+
+    def describe(self) -> str:
+        """Say what happened in a few words, e.g. 'left stamps jumped back 35.000 s'."""
+        direction = 'back' if self.delta_ns < 0 else 'forward'
+        return f'{self.key} stamps jumped {direction} {abs(self.delta_ns) / 1e9:.3f} s'
+
+
+@dataclass(frozen=True)
 class PairingStats:
     """Counters of a :class:`StampPairer`; a snapshot, safe to keep.
 
     ``dropped_unmatched[k]`` counts every item of key ``k`` that left the pairer without being
-    matched, whatever the reason; ``dropped_late`` and ``dropped_overflow`` break two reasons out
-    of it (the rest were passed by a newer match). ``pending`` is what waits now.
+    matched, whatever the reason; ``dropped_late``, ``dropped_overflow`` and ``dropped_future``
+    break reasons out of it (the rest were passed by a newer match or cleared by a jump back).
+    ``pending`` is what waits now. ``jumps_back``/``jumps_forward`` count time jumps (only with
+    ``jump_ns``); ``last_jump`` is the latest of either.
     """
 
     matched: int
@@ -74,6 +122,10 @@ class PairingStats:
     dropped_late: dict[str, int]
     dropped_overflow: dict[str, int]
     pending: dict[str, int]
+    dropped_future: dict[str, int] = field(default_factory=dict)
+    jumps_back: int = 0
+    jumps_forward: int = 0
+    last_jump: Optional[TimeJump] = None
 
     @property
     def dropped(self) -> int:
@@ -84,7 +136,8 @@ class PairingStats:
 class StampPairer:
     """Thread-safe, bounded matcher of messages from several keyed streams by stamp."""
 
-    def __init__(self, keys: Sequence[str], tolerance_ns: int, max_pending: int = 8) -> None:
+    def __init__(self, keys: Sequence[str], tolerance_ns: int, max_pending: int = 8,
+                 jump_ns: Optional[int] = None, late_streak: int = 2) -> None:
         """Create a pairer.
 
         Args:
@@ -93,10 +146,14 @@ class StampPairer:
             tolerance_ns: largest stamp difference (ns, >= 0) between the pushed item and each
                 partner.
             max_pending: items kept per key while waiting for partners (>= 1).
+            jump_ns: recover from time jumps (rules 4 and 5) larger than this, ns (> 0); None
+                (default) never resets, as a bag read in log-time order wants.
+            late_streak: with ``jump_ns``, this many late items of one key in a row are a jump
+                back too, however small (>= 1).
 
         Raises:
-            ValueError: on an empty or duplicate key list, a negative tolerance or
-                ``max_pending < 1``.
+            ValueError: on an empty or duplicate key list, a negative tolerance,
+                ``max_pending < 1``, ``jump_ns <= 0`` or ``late_streak < 1``.
         """
         keys = tuple(keys)
         if not keys or len(set(keys)) != len(keys):
@@ -105,6 +162,10 @@ class StampPairer:
             raise ValueError(f'tolerance_ns must be >= 0, got {tolerance_ns}')
         if max_pending < 1:
             raise ValueError(f'max_pending must be >= 1, got {max_pending}')
+        if jump_ns is not None and jump_ns <= 0:
+            raise ValueError(f'jump_ns must be > 0 or None, got {jump_ns}')
+        if late_streak < 1:
+            raise ValueError(f'late_streak must be >= 1, got {late_streak}')
         self._keys = keys
         self._tolerance = int(tolerance_ns)
         self._max_pending = int(max_pending)
@@ -118,6 +179,14 @@ class StampPairer:
         self._dropped = dict.fromkeys(keys, 0)
         self._late = dict.fromkeys(keys, 0)
         self._overflow = dict.fromkeys(keys, 0)
+        self._jump_ns = None if jump_ns is None else int(jump_ns)
+        self._late_streak = int(late_streak)
+        self._streak = dict.fromkeys(keys, 0)
+        self._future = dict.fromkeys(keys, 0)
+        self._jumps_back = 0
+        self._jumps_forward = 0
+        self._last_jump: Optional[TimeJump] = None
+        self._gaps: Deque[int] = deque(maxlen=_GAP_HISTORY)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -147,10 +216,15 @@ class StampPairer:
             raise KeyError(f'unknown key {key!r}; this pairer matches {list(self._keys)}')
         stamp_ns = int(stamp_ns)
         with self._lock:
-            if self._is_late(key, stamp_ns):
-                self._late[key] += 1
-                self._dropped[key] += 1
-                return None
+            watermark = self._late_watermark(key, stamp_ns)
+            if watermark is not None:
+                if not self._jumped_back(key, stamp_ns, watermark):
+                    self._late[key] += 1
+                    self._dropped[key] += 1
+                    self._streak[key] += 1
+                    return None
+                self._reset_after_jump(TimeJump(key, watermark, stamp_ns))
+            self._streak[key] = 0
             stamps, items = self._stamps[key], self._items[key]
             index = bisect.bisect_right(stamps, stamp_ns)
             stamps.insert(index, stamp_ns)
@@ -174,7 +248,9 @@ class StampPairer:
                 self._stamps[key].clear()
                 self._items[key].clear()
                 self._last_matched[key] = None
+                self._streak[key] = 0
             self._last_reference = None
+            self._gaps.clear()
 
     @property
     def stats(self) -> PairingStats:
@@ -186,14 +262,62 @@ class StampPairer:
                 dropped_late=dict(self._late),
                 dropped_overflow=dict(self._overflow),
                 pending={k: len(v) for k, v in self._stamps.items()},
+                dropped_future=dict(self._future),
+                jumps_back=self._jumps_back,
+                jumps_forward=self._jumps_forward,
+                last_jump=self._last_jump,
             )
 
-    def _is_late(self, key: str, stamp_ns: int) -> bool:
+    def _late_watermark(self, key: str, stamp_ns: int) -> Optional[int]:
+        """Return the stamp that ``stamp_ns`` falls behind (rule 1), or None if not late."""
         last = self._last_matched[key]
         if last is not None and stamp_ns <= last:
-            return True
-        return (self._last_reference is not None
-                and stamp_ns < self._last_reference - self._tolerance)
+            return last
+        if (self._last_reference is not None
+                and stamp_ns < self._last_reference - self._tolerance):
+            return self._last_reference
+        return None
+
+    def _jumped_back(self, key: str, stamp_ns: int, watermark: int) -> bool:
+        if self._jump_ns is None:
+            return False
+        return (watermark - stamp_ns > self._jump_ns
+                or self._streak[key] + 1 >= self._late_streak)
+
+    def _reset_after_jump(self, jump: TimeJump) -> None:
+        """Rule 4: forget the old timeline; what waited is dropped and counted."""
+        for key in self._keys:
+            self._dropped[key] += len(self._stamps[key])
+            self._stamps[key].clear()
+            self._items[key].clear()
+            self._last_matched[key] = None
+            self._streak[key] = 0
+        self._last_reference = None
+        self._jumps_back += 1
+        self._last_jump = jump
+
+    def _after_match(self, reference: int) -> None:
+        """Rule 5: drop far-future pending items; count a forward jump of the matched stamps."""
+        horizon = reference + self._jump_ns
+        for key in self._keys:
+            stamps = self._stamps[key]
+            index = bisect.bisect_right(stamps, horizon)
+            if index < len(stamps):
+                count = len(stamps) - index
+                self._future[key] += count
+                self._dropped[key] += count
+                del stamps[index:], self._items[key][index:]
+        previous = self._last_reference
+        if previous is None or reference <= previous:
+            return
+        gap = reference - previous
+        # Until a few gaps are known, only a gap of ten jump_ns counts.
+        typical = statistics.median(self._gaps) if len(self._gaps) >= 3 else self._jump_ns
+        if gap > self._jump_ns and gap > FORWARD_GAP_FACTOR * typical:
+            self._jumps_forward += 1
+            self._last_jump = TimeJump(self._keys[0], previous, reference)
+        else:
+            self._gaps.append(gap)
 
     def _nearest(self, key: str, stamp_ns: int) -> Optional[int]:
         """Index of the pending item of ``key`` nearest to ``stamp_ns`` within tolerance."""
@@ -224,6 +348,8 @@ class StampPairer:
             del self._stamps[key][:index + 1], self._items[key][:index + 1]
             self._last_matched[key] = stamps[key]
         reference = stamps[self._keys[0]]
+        if self._jump_ns is not None:
+            self._after_match(reference)
         self._last_reference = reference
         self._matched += 1
         return Matched(stamp_ns=reference, items=items, stamps=stamps)

@@ -217,3 +217,98 @@ def test_concurrent_pushes_from_threads_match_every_frame():
     assert matched == sorted(matched) and len(set(matched)) == len(matched)
     # Each thread pushes in stamp order, so no interleaving can pass a frame over.
     assert stats.matched == frames
+
+
+# -- time jumps (jump_ns set, as the live node does) ------------------------------------------
+
+S = 1_000_000_000
+
+
+def _stream(pairer, stamps, keys=('left', 'right')):
+    """Push one item per key for each stamp; return the stamps that were matched."""
+    out = []
+    for stamp in stamps:
+        for key in keys:
+            matched = pairer.push(key, stamp, (key, stamp))
+            if matched is not None:
+                out.append(matched.stamp_ns)
+    return out
+
+
+def test_without_jump_recovery_one_future_pair_stalls_the_pairer():
+    """The bug the node had: after one pair stamped far ahead, every later pair is late."""
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS)
+    base = 100 * S
+    assert _stream(pairer, [base, base + 3600 * S]) == [base, base + 3600 * S]
+    assert _stream(pairer, [base + i * PERIOD for i in range(1, 20)]) == []
+
+
+def test_one_pair_stamped_far_in_the_future_does_not_poison_the_pairer():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    base = 100 * S
+    future = base + 3600 * S
+    assert _stream(pairer, [base, future]) == [base, future]
+    later = [base + i * PERIOD for i in range(1, 6)]
+    assert _stream(pairer, later) == later  # the very next pair matches again
+    stats = pairer.stats
+    assert stats.jumps_forward == 1 and stats.jumps_back == 1
+    assert stats.last_jump.key == 'left' and stats.last_jump.delta_ns == later[0] - future
+    assert stats.last_jump.describe() == 'left stamps jumped back 3599.941 s'
+
+
+@pytest.mark.parametrize('back_s', [30.0, 0.5])
+def test_bag_loop_or_small_step_back_resumes_within_two_pairs(back_s):
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    base = 1000 * S
+    first = [base + i * PERIOD for i in range(20)]
+    assert _stream(pairer, first) == first
+    restart = first[-1] - int(back_s * S)
+    again = [restart + i * PERIOD for i in range(1, 6)]
+    matched = _stream(pairer, again)
+    # A big step back recovers at the first pair; a small one at the second (late streak).
+    assert matched == again[(0 if back_s > 1 else 1):]
+    assert pairer.stats.jumps_back == 1
+    assert pairer.stats.pending == {'left': 0, 'right': 0}
+
+
+def test_a_single_late_straggler_is_still_just_late():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    assert _stream(pairer, [10 * PERIOD, 11 * PERIOD]) == [10 * PERIOD, 11 * PERIOD]
+    assert pairer.push('left', 9 * PERIOD, 'straggler') is None
+    assert _stream(pairer, [12 * PERIOD]) == [12 * PERIOD]
+    stats = pairer.stats
+    assert stats.jumps_back == 0 and stats.dropped_late == {'left': 1, 'right': 0}
+
+
+def test_single_camera_recovers_from_a_jump_back():
+    pairer = StampPairer(['left'], tolerance_ns=0, jump_ns=S)
+    assert _stream(pairer, [50 * S, 51 * S], keys=('left',)) == [50 * S, 51 * S]
+    assert _stream(pairer, [S, 2 * S], keys=('left',)) == [S, 2 * S]
+    assert pairer.stats.jumps_back == 1
+
+
+def test_a_lone_future_item_is_purged_at_the_next_match():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    pairer.push('left', 10_000 * S, 'bogus')
+    assert _stream(pairer, [PERIOD, 2 * PERIOD]) == [PERIOD, 2 * PERIOD]
+    stats = pairer.stats
+    assert stats.pending == {'left': 0, 'right': 0}
+    assert stats.dropped_future == {'left': 1, 'right': 0}
+    assert stats.dropped_unmatched == {'left': 1, 'right': 0}
+
+
+def test_slow_camera_gaps_are_not_forward_jumps_but_a_real_jump_is():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    slow = [i * 2 * S for i in range(10)]  # 0.5 Hz: every gap is above jump_ns
+    assert _stream(pairer, slow) == slow
+    assert pairer.stats.jumps_forward == 0
+    assert _stream(pairer, [slow[-1] + 600 * S]) == [slow[-1] + 600 * S]
+    assert pairer.stats.jumps_forward == 1
+    assert pairer.stats.last_jump.describe() == 'left stamps jumped forward 600.000 s'
+
+
+def test_jump_arguments_are_checked():
+    with pytest.raises(ValueError, match='jump_ns'):
+        StampPairer(['a'], tolerance_ns=0, jump_ns=0)
+    with pytest.raises(ValueError, match='late_streak'):
+        StampPairer(['a'], tolerance_ns=0, jump_ns=S, late_streak=0)
