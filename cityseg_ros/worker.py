@@ -110,6 +110,8 @@ class WorkerStats:
         inference_p50_ms: median of those.
         inference_p95_ms: 95th percentile of those.
         last_error: ``repr`` of the latest exception from ``process``, None if none.
+        busy_for_s: seconds the current ``process`` call has been running, None when idle
+            (a model that hangs shows here, not as silence).
     """
 
     submitted: int
@@ -127,6 +129,7 @@ class WorkerStats:
     inference_p50_ms: Optional[float]
     inference_p95_ms: Optional[float]
     last_error: Optional[str]
+    busy_for_s: Optional[float] = None
 
 
 class Worker(Generic[T]):
@@ -156,6 +159,7 @@ class Worker(Generic[T]):
         self._failed = 0
         self._dropped = 0
         self._busy = 0
+        self._busy_since = 0.0
         self._last_error: Optional[str] = None
         self.latency = LatencyWindow(window)
         self.process_time = LatencyWindow(window)
@@ -235,6 +239,7 @@ class Worker(Generic[T]):
         with self._cond:
             counts = (self._submitted, self._processed, self._failed, self._dropped,
                       int(self._slot is not None), self._busy, self._last_error)
+            busy_for = time.monotonic() - self._busy_since if self._busy else None
         return WorkerStats(
             submitted=counts[0], processed=counts[1], failed=counts[2], dropped=counts[3],
             pending=counts[4], busy=counts[5],
@@ -246,7 +251,7 @@ class Worker(Generic[T]):
             last_inference_ms=self.inference.last,
             inference_p50_ms=self.inference.percentile(50),
             inference_p95_ms=self.inference.percentile(95),
-            last_error=counts[6])
+            last_error=counts[6], busy_for_s=busy_for)
 
     # -- the thread -----------------------------------------------------------------------------
 
@@ -258,6 +263,7 @@ class Worker(Generic[T]):
                 return None
             entry, self._slot = self._slot, None
             self._busy = 1
+            self._busy_since = time.monotonic()
             return entry
 
     def _run(self) -> None:

@@ -238,3 +238,24 @@ def test_latency_window_is_bounded_and_reports_percentiles():
     assert window.percentile(95) is None
     with pytest.raises(ValueError, match='window size'):
         LatencyWindow(0)
+
+
+def test_worker_stats_say_how_long_the_current_item_has_been_running():
+    started, release = threading.Event(), threading.Event()
+
+    def process(item):
+        started.set()
+        release.wait(5.0)
+
+    worker = Worker(process)
+    assert worker.stats.busy_for_s is None
+    worker.start()
+    try:
+        worker.submit(1)
+        assert started.wait(5.0)
+        time.sleep(0.05)
+        assert worker.stats.busy_for_s >= 0.04
+    finally:
+        release.set()
+        worker.stop(timeout=5.0)
+    assert worker.stats.busy_for_s is None
