@@ -14,20 +14,26 @@
 
 """rosbag2 reading and writing without ROS: images and camera info <-> numpy, frames by stamp.
 
-Built on rosbags (``rosbags.rosbag2`` storage, the ROS 2 Jazzy typestore for CDR) and
-rosbags-image (encoding -> numpy -> RGB). Both storages, mcap and sqlite3, are read and written.
+Writing uses rosbags (``rosbags.rosbag2.Writer``, the ROS 2 Jazzy typestore for CDR); reading
+uses our own bounded readers of both storages, mcap and sqlite3, and rosbags-image for colour
+conversion.
 
-Damaged bags: rosbags refuses to open an mcap without its footer (a recording cut off) and a
-sqlite3 file whose pages are missing or malformed. :class:`BagReader` then falls back to
-salvaging: it scans the mcap records in file order, or reads the sqlite3 rows in insertion order
-(from a copy whose header is fixed up when the file was cut), yields every message readable
-before the damage and then raises :class:`~cityseg_ros.errors.BagError`, so a caller can keep
-what was read. Damage that rosbags meets while iterating is reported the same way.
+Hostile files: every length read from a bag (records, chunks, names, zstd and lz4 output) is
+checked against the bytes left in the file or chunk and a cap (:data:`MAX_MESSAGE_BYTES`,
+:data:`MAX_CHUNK_BYTES`) before anything is allocated, so a crafted file gets a
+:class:`~cityseg_ros.errors.BagError` and never a ``MemoryError``.
+
+Damaged bags: an mcap without its footer (a recording cut off) is scanned record by record in
+file order; a sqlite3 file cut short is read from a copy whose header is fixed up. Either way
+:class:`BagReader` yields every message readable before the damage and then raises
+:class:`~cityseg_ros.errors.BagError`, so a caller can keep what was read. Damage met while
+reading an intact-looking bag is reported the same way.
 """
 
 from dataclasses import dataclass
 import functools
 import logging
+from operator import itemgetter
 from pathlib import Path
 import sqlite3
 import struct
@@ -40,7 +46,7 @@ from cityseg_ros.imagemsg import COLOR_ENCODINGS, image_to_numpy, LAYOUTS
 from cityseg_ros.pairing import PairingStats, StampPairer
 import numpy as np
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.serde import SerdeError
 from rosbags.typesys import get_typestore, Stores
 from rosbags.typesys.store import Typestore
@@ -49,7 +55,7 @@ from ruamel.yaml import YAML
 __all__ = [
     'TOPIC_LEFT_IMAGE', 'TOPIC_RIGHT_IMAGE', 'TOPIC_LEFT_INFO', 'TOPIC_RIGHT_INFO',
     'TOPIC_GT_LABEL_IDS', 'TOPIC_GT_INSTANCE_IDS', 'STORAGES', 'DEFAULT_TOLERANCE_NS',
-    'COLOR_ENCODINGS', 'IMAGE_TYPE', 'CAMERA_INFO_TYPE',
+    'COLOR_ENCODINGS', 'IMAGE_TYPE', 'CAMERA_INFO_TYPE', 'MAX_MESSAGE_BYTES', 'MAX_CHUNK_BYTES',
     'TopicInfo', 'Frame', 'ImageRecord', 'CameraCalibration', 'CameraInfoRecord',
     'image_msg', 'camera_info_msg', 'image_to_numpy', 'calibration_from_msg', 'stamp_to_ns',
     'BagWriter', 'BagReader',
@@ -81,11 +87,18 @@ _INSTANCE_ENCODINGS = ('mono16', '16UC1', '32SC1')
 _LABEL_ENCODINGS = ('mono8', '8UC1')
 _IMAGE_TYPES = (IMAGE_TYPE,)
 
+#: Largest message the reader accepts (after per-message decompression): a 4K rgb16 image is
+#: 50 MB. With the readers' bounded queues this keeps a crafted bag within a few GiB.
+MAX_MESSAGE_BYTES = 64 * 2**20
+#: Largest mcap chunk, compressed or inflated: a chunk holds at least one whole message.
+MAX_CHUNK_BYTES = 2 * MAX_MESSAGE_BYTES
+
 # rosbag2 metadata version 9 is what Jazzy's rosbag2 writes (QoS enums as names).
 _BAG_VERSION = 9
 # A pairer for bags may hold a few more frames than the live node's: topics written by
-# different processes can be logged a little apart.
-_BAG_MAX_PENDING = 16
+# different processes can be logged a little apart. It holds undecoded messages (at most
+# MAX_MESSAGE_BYTES each).
+_BAG_MAX_PENDING = 8
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,7 +111,7 @@ def _typestore() -> Typestore:
 
 
 class TopicInfo(NamedTuple):
-    """A topic of a bag: its message type and count (None when a damaged bag hides it)."""
+    """A topic of a bag: its message type and count (None when unknown, e.g. a damaged bag)."""
 
     msgtype: str
     count: Optional[int]
@@ -378,8 +391,15 @@ class BagWriter:
 
 
 # --------------------------------------------------------------------------------------------
-# Storage sources: rosbags for healthy bags, salvage scanners for damaged ones. Each yields
+# Storage: our own bounded readers for mcap and sqlite3. Each source yields
 # (topic, msgtype, log time, raw CDR) and raises _Damage where it cannot go on.
+#
+# Why not rosbags' Reader: it trusts the file. It reads any record length it is given
+# (``read_exact(bio, 2**62)``), inflates zstd and lz4 chunks and zstd-compressed messages without
+# an output limit (a 1 KiB chunk inflates to gigabytes before its size is compared), and unpacks
+# a ``compression_mode: file`` bag into /tmp without a limit either. A crafted file can look
+# intact, so every length here is checked against the bytes that are left and a cap before
+# anything is read or allocated.
 
 
 class _Damage(Exception):
@@ -388,220 +408,421 @@ class _Damage(Exception):
 
 _Message = tuple[str, str, int, bytes]
 
-
-class _RosbagsSource:
-    """A bag rosbags opens: directory with metadata.yaml, or a single .mcap / .db3 file."""
-
-    damaged = False
-
-    def __init__(self, path: Path) -> None:
-        self._reader = Reader(path)
-        self._reader.open()
-        try:
-            self.topics = {
-                name: TopicInfo(info.msgtype or '', int(info.msgcount))
-                for name, info in self._reader.topics.items()
-            }
-        except BaseException:
-            self._reader.close()
-            raise
-
-    def messages(self, topics: Sequence[str]) -> Iterator[_Message]:
-        connections = [c for c in self._reader.connections if c.topic in topics]
-        if not connections:  # rosbags reads every topic when given none
-            return
-        iterator = self._reader.messages(connections=connections)
-        while True:
-            try:
-                connection, timestamp, raw = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:  # apsw, struct, lz4, zstd, ReaderError: damaged storage
-                raise _Damage(f'{type(exc).__name__}: {exc}') from exc
-            yield connection.topic, connection.msgtype, timestamp, raw
-
-    def close(self) -> None:
-        self._reader.close()
-
-
 _MCAP_MAGIC = b'\x89MCAP0\r\n'
+_SQLITE_MAGIC = b'SQLite format 3\x00'
 _U16 = struct.Struct('<H')
 _U32 = struct.Struct('<I')
 _U64 = struct.Struct('<Q')
+_RECORD_HEAD = struct.Struct('<BQ')  # opcode, content length
 _MSG_HEAD = struct.Struct('<HIQQ')  # channel id, sequence, log time, publish time
 _CHUNK_HEAD = struct.Struct('<QQQI')  # start, end, uncompressed size, uncompressed crc32
+_CHUNK_INDEX_HEAD = struct.Struct('<QQQQ')  # start, end, chunk offset, chunk length
+_FOOTER = struct.Struct('<BQQQI8s')  # opcode 2, length 20, summary start, offsets, crc, magic
+_CHANNEL_HEAD = struct.Struct('<HH')  # channel id, schema id
+_STATISTICS_HEAD = struct.Struct('<QHIIIIQQ')
+# Summaries hold one ~100-byte chunk index per chunk: 64 MiB is a bag of a million chunks.
+_MAX_SUMMARY_BYTES = 64 * 2**20
+_MAX_NAME_BYTES = 4096  # a topic, type, encoding or compression name
+_MAX_TOPICS = 10_000
+_MAX_METADATA_BYTES = 16 * 2**20  # metadata.yaml; rosbag2's are a few KiB
+_OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x02, 0x03, 0x04, 0x05, 0x06
+_OP_CHUNK_INDEX, _OP_STATISTICS, _OP_DATA_END = 0x08, 0x0B, 0x0F
 
 
-def _decompressor(name: str) -> Callable[[bytes], bytes]:
-    if name == '':
-        return bytes
-    if name == 'zstd':
+class _Inflater:
+    """Inflate zstd or lz4 data into at most ``limit`` bytes, whatever its headers claim."""
+
+    @staticmethod
+    def zstd(data: bytes, limit: int) -> bytes:
         try:
             from compression import zstd  # Python >= 3.14
         except ImportError:
             from backports import zstd  # what rosbags installs before 3.14
-        return zstd.decompress
-    if name == 'lz4':
+        return _Inflater._frames(zstd.ZstdDecompressor, data, limit)
+
+    @staticmethod
+    def lz4(data: bytes, limit: int) -> bytes:
         import lz4.frame
-        return lz4.frame.decompress
-    raise _Damage(f'unknown mcap chunk compression {name!r}')
+        return _Inflater._frames(lz4.frame.LZ4FrameDecompressor, data, limit)
+
+    @staticmethod
+    def _frames(make: Callable[[], Any], data: bytes, limit: int) -> bytes:
+        """Inflate concatenated frames; stop (and return ``limit`` + 1 bytes) past the limit."""
+        out = bytearray()
+        rest = data
+        while rest:
+            decompressor = make()
+            out += decompressor.decompress(rest, max_length=limit + 1 - len(out))
+            if len(out) > limit:
+                break
+            if not decompressor.eof:
+                raise ValueError('the compressed data ends inside a frame')
+            rest = decompressor.unused_data
+        return bytes(out)
 
 
-def _mcap_string(buf: memoryview, pos: int) -> tuple[str, int]:
-    (size,) = _U32.unpack_from(buf, pos)
-    end = pos + 4 + size
-    if end > len(buf):
-        raise _Damage('record field runs past its record')
-    return bytes(buf[pos + 4:end]).decode(), end
+def _inflate(data: bytes, compression: str, size: Optional[int], limit: int, what: str) -> bytes:
+    """Decompress ``data`` into exactly ``size`` bytes (any size up to ``limit`` if None).
+
+    Raises:
+        _Damage: unknown compression, corrupt data, or more (or other) bytes than declared.
+    """
+    if size is not None and size > limit:
+        raise _Damage(f'{what} declares {size} bytes uncompressed, more than the {limit} bytes '
+                      'a bag record may have here')
+    cap = limit if size is None else size
+    if compression == '':
+        raw = data
+    elif compression in ('zstd', 'lz4'):
+        try:
+            raw = getattr(_Inflater, compression)(data, cap)
+        except Exception as exc:  # zstd and lz4 raise their own error types
+            raise _Damage(f'{what} does not decompress ({compression}): {exc}') from exc
+    else:
+        raise _Damage(f'{what} uses compression {compression!r}; only zstd and lz4 are read')
+    if len(raw) > cap:
+        raise _Damage(f'{what} inflates to more than the {cap} bytes '
+                      f'{"it declares" if size is not None else "a bag record may have here"}')
+    if size is not None and len(raw) != size:
+        raise _Damage(f'{what} holds {len(raw)} bytes, not the {size} it declares')
+    return raw
 
 
-class _McapSalvage:
-    """Scan .mcap files record by record (what rosbags does without a summary, but tolerant).
+class _Fields:
+    """Bounded reader of the fields of one mcap record (a memoryview)."""
 
-    Data section records are: opcode u8, length u64, content. Schemas (0x03), channels (0x04)
-    and messages (0x05) may sit in chunks (0x06); everything else is skipped. Spec:
-    https://mcap.dev/spec.
+    def __init__(self, buf: memoryview, what: str) -> None:
+        self.buf, self.pos, self.what = buf, 0, what
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        if self.pos + fmt.size > len(self.buf):
+            raise _Damage(f'{self.what} is shorter than its fields')
+        values = fmt.unpack_from(self.buf, self.pos)
+        self.pos += fmt.size
+        return values
+
+    def bytes_(self, prefix: struct.Struct = _U32, limit: Optional[int] = None) -> memoryview:
+        (size,) = self.unpack(prefix)
+        if size > len(self.buf) - self.pos:
+            raise _Damage(f'{self.what} has a field of {size} bytes, longer than its record')
+        if limit is not None and size > limit:
+            raise _Damage(f'{self.what} has a name of {size} bytes (at most {limit})')
+        value = self.buf[self.pos:self.pos + size]
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        try:
+            return bytes(self.bytes_(limit=_MAX_NAME_BYTES)).decode()
+        except UnicodeDecodeError as exc:
+            raise _Damage(f'{self.what} has a name that is not UTF-8') from exc
+
+
+class _McapFile:
+    """One .mcap file: its header and, when the file is complete, its summary.
+
+    Record layout: https://mcap.dev/spec. Attributes:
+        complete: the file ends with a valid footer (it was not cut off).
+        indexed: the summary was read: channels, counts and chunk indexes are known before the
+            data is scanned.
+        channels: channel id -> (topic, message type) of the cdr channels with a schema.
+        counts: channel id -> message count, or None while unknown.
+        chunk_channels: file offset of a chunk record -> the channels it holds (from the chunk
+            indexes): chunks without a wanted channel are skipped unread.
     """
 
-    damaged = True
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.size = path.stat().st_size
+            with path.open('rb') as handle:
+                head = handle.read(8 + _RECORD_HEAD.size)
+        except OSError as exc:
+            raise _Damage(f'cannot read {path}: {exc.strerror}') from exc
+        if not head.startswith(_MCAP_MAGIC):
+            raise _Damage(f'{path.name} does not start with the MCAP magic bytes')
+        if len(head) < 8 + _RECORD_HEAD.size:
+            raise _Damage(f'{path.name} ends inside its header')
+        opcode, length = _RECORD_HEAD.unpack_from(head, 8)
+        if opcode != 0x01 or length > self.size - len(head):
+            raise _Damage(f'{path.name} has no valid MCAP header record')
+        self.data_start = len(head) + length
+        self.data_end = self.size
+        self.complete = self.indexed = False
+        self.schemas: dict[int, str] = {}
+        self.channels: dict[int, tuple[str, str]] = {}
+        self.counts: Optional[dict[int, int]] = None
+        self.chunk_channels: dict[int, frozenset[int]] = {}
+        try:
+            self._read_summary()
+        except _Damage as exc:
+            _LOG.debug('%s: summary not used (%s); scanning the data', path, exc)
+            self.schemas.clear()
+            self.channels.clear()
+            self.chunk_channels.clear()
+            self.counts = None
 
-    def __init__(self, files: Sequence[Path]) -> None:
-        self._files = list(files)
-        self.topics: dict[str, TopicInfo] = {}
-        counts: dict[str, int] = {}
+    def _read_summary(self) -> None:
+        footer_start = self.size - _FOOTER.size
+        if footer_start < self.data_start:
+            raise _Damage('no room for a footer')
+        with self.path.open('rb') as handle:
+            handle.seek(footer_start)
+            opcode, length, summary_start, offsets_start, _, magic = _FOOTER.unpack(
+                handle.read(_FOOTER.size))
+            if opcode != _OP_FOOTER or length != 20 or magic != _MCAP_MAGIC:
+                raise _Damage('no footer: the recording was cut off')
+            self.complete = True
+            self.data_end = footer_start
+            if summary_start == 0:
+                raise _Damage('no summary section')
+            summary_end = offsets_start or footer_start
+            if not self.data_start <= summary_start <= summary_end <= footer_start:
+                raise _Damage('the footer points outside the file')
+            if summary_end - summary_start > _MAX_SUMMARY_BYTES:
+                raise _Damage(f'a summary of {summary_end - summary_start} bytes')
+            handle.seek(summary_start)
+            summary = memoryview(handle.read(summary_end - summary_start))
+        for opcode, body in _records(summary, f'{self.path.name} summary'):
+            fields = _Fields(body, f'{self.path.name}: summary record 0x{opcode:02x}')
+            if opcode in (_OP_SCHEMA, _OP_CHANNEL):
+                self._definition(opcode, fields)
+            elif opcode == _OP_CHUNK_INDEX:
+                _, _, offset, _ = fields.unpack(_CHUNK_INDEX_HEAD)
+                self.chunk_channels[offset] = frozenset(self._id_map(fields))
+            elif opcode == _OP_STATISTICS:
+                fields.unpack(_STATISTICS_HEAD)
+                self.counts = self._id_map(fields)
+        if not self.channels:
+            raise _Damage('the summary lists no channels')
+        self.data_end = summary_start
+        self.indexed = True
+
+    @staticmethod
+    def _id_map(fields: _Fields) -> dict[int, int]:
+        """Read a map<uint16, uint64> field (chunk index offsets, statistics counts)."""
+        entries = fields.bytes_()
+        if len(entries) % 10:
+            raise _Damage(f'{fields.what}: a map field of {len(entries)} bytes')
+        return dict(struct.iter_unpack('<HQ', entries))
+
+    def _definition(self, opcode: int, fields: _Fields) -> None:
+        """Read a schema or channel record into :attr:`schemas` / :attr:`channels`."""
+        if opcode == _OP_SCHEMA:
+            (schema_id,) = fields.unpack(_U16)
+            self.schemas[schema_id] = fields.string()
+            return
+        channel_id, schema_id = fields.unpack(_CHANNEL_HEAD)
+        topic = fields.string()
+        encoding = fields.string()
+        if encoding == 'cdr' and schema_id in self.schemas:
+            self.channels[channel_id] = (topic, self.schemas[schema_id])
+
+    def scan(self, topics: Optional[Sequence[str]], with_data: bool,
+             message_compression: str = '') -> Iterator[tuple[int, int, bytes]]:
+        """Yield (channel id, log time, data) of ``topics`` (all if None) in file order.
+
+        The messages of a chunk come sorted by log time (as rosbags yields them). Channels met
+        in the data fill :attr:`channels`. Data is b'' unless ``with_data``.
+
+        Raises:
+            _Damage: a record that does not fit the file or its chunk or a cap, a chunk that
+                does not inflate to its declared size, or the end of a file without footer.
+        """
+        try:
+            handle = self.path.open('rb')
+        except OSError as exc:
+            raise _Damage(f'cannot open {self.path}: {exc.strerror}') from exc
+        with handle:
+            handle.seek(self.data_start)
+            offset = self.data_start
+            while offset < self.data_end:
+                head = handle.read(_RECORD_HEAD.size)
+                if len(head) < _RECORD_HEAD.size:
+                    raise _Damage(f'{self.path.name} is cut inside a record header at byte '
+                                  f'{offset}')
+                opcode, length = _RECORD_HEAD.unpack(head)
+                if length > self.size - offset - _RECORD_HEAD.size:
+                    raise _Damage(f'{self.path.name}: the record at byte {offset} claims '
+                                  f'{length} bytes but only {self.size - offset - 9} follow '
+                                  '(cut off or damaged)')
+                if opcode in (_OP_FOOTER, _OP_DATA_END):  # the data section ended cleanly
+                    return
+                if self._wanted_record(opcode, offset, topics):
+                    messages = self._read_record(handle, opcode, offset, length, topics,
+                                                 with_data, message_compression)
+                    yield from messages
+                    del messages
+                offset += _RECORD_HEAD.size + length
+                handle.seek(offset)
+        if not self.complete:
+            raise _Damage(f'{self.path.name} ends at byte {offset} without its summary and '
+                          'footer: the recording was cut off')
+
+    def _wanted_record(self, opcode: int, offset: int, topics: Optional[Sequence[str]]) -> bool:
+        if opcode not in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK):
+            return False
+        if opcode != _OP_CHUNK or not self.indexed or topics is None:
+            return True
+        held = self.chunk_channels.get(offset)
+        return held is None or any(self.channels.get(i, ('',))[0] in topics for i in held)
+
+    def _read_record(self, handle: Any, opcode: int, offset: int, length: int,
+                     topics: Optional[Sequence[str]], with_data: bool,
+                     message_compression: str) -> list[tuple[int, int, bytes]]:
+        """Return the wanted messages of one record (a chunk's sorted by log time)."""
+        where = f'{self.path.name}: the record at byte {offset}'
+        limit = MAX_CHUNK_BYTES if opcode == _OP_CHUNK else MAX_MESSAGE_BYTES + _MSG_HEAD.size
+        if length > limit:
+            raise _Damage(f'{where} has {length} bytes, more than the {limit} a bag record may '
+                          'have here')
+        content = memoryview(handle.read(length))
+        if len(content) < length:
+            raise _Damage(f'{where} is cut short')
+        if opcode == _OP_CHUNK:
+            records = _records(self._chunk(content, where), where)
+        else:
+            records = iter([(opcode, content)])
+        messages = []
+        for op, body in records:
+            fields = _Fields(body, where)
+            if op in (_OP_SCHEMA, _OP_CHANNEL):
+                self._definition(op, fields)
+                continue
+            if op != _OP_MESSAGE:
+                continue
+            channel_id, _, log_time, _ = fields.unpack(_MSG_HEAD)
+            channel = self.channels.get(channel_id)
+            if channel is None or (topics is not None and channel[0] not in topics):
+                continue
+            data = b''
+            if with_data:
+                data = bytes(body[_MSG_HEAD.size:])
+                if message_compression:
+                    data = _inflate(data, message_compression, None, MAX_MESSAGE_BYTES,
+                                    f'{where}: a message on {channel[0]}')
+                elif len(data) > MAX_MESSAGE_BYTES:
+                    raise _Damage(f'{where}: a message of {len(data)} bytes on {channel[0]}, '
+                                  f'more than {MAX_MESSAGE_BYTES}')
+            messages.append((channel_id, log_time, data))
+        messages.sort(key=itemgetter(1))
+        return messages
+
+    @staticmethod
+    def _chunk(content: memoryview, where: str) -> memoryview:
+        fields = _Fields(content, where)
+        _, _, size, crc = fields.unpack(_CHUNK_HEAD)
+        compression = fields.string()
+        stored = fields.bytes_(_U64)
+        raw = _inflate(bytes(stored), compression, size, MAX_CHUNK_BYTES, f'{where} (a chunk)')
+        if crc and zlib.crc32(raw) != crc:
+            raise _Damage(f'{where}: a chunk that fails its crc check')
+        return memoryview(raw)
+
+
+def _records(buf: memoryview, what: str) -> Iterator[tuple[int, memoryview]]:
+    """Split a buffer into (opcode, content) records, each checked to fit."""
+    pos = 0
+    while pos < len(buf):
+        if pos + _RECORD_HEAD.size > len(buf):
+            raise _Damage(f'{what} ends inside a record header')
+        opcode, length = _RECORD_HEAD.unpack_from(buf, pos)
+        pos += _RECORD_HEAD.size
+        if length > len(buf) - pos:
+            raise _Damage(f'{what} has a record of {length} bytes where {len(buf) - pos} are '
+                          'left')
+        yield opcode, buf[pos:pos + length]
+        pos += length
+
+
+class _McapSource:
+    """The .mcap files of a bag, read with :class:`_McapFile`.
+
+    ``damaged`` when a file was cut off (no valid footer): its topics come from a scan that
+    stops at the damage, reading stops there with :class:`_Damage`, and later files are not
+    read.
+    """
+
+    def __init__(self, files: Sequence[Path], message_compression: str = '') -> None:
+        self._files: list[_McapFile] = []
+        self._compression = message_compression
+        self._failed: Optional[str] = None
+        self.damaged = False
+        counts: dict[str, Optional[int]] = {}
         types_: dict[str, str] = {}
-        for path in self._files:
-            channels: dict[int, tuple[str, str]] = {}
+        for path in files:
             try:
-                for channel_id, _, _ in self._scan(path, channels, with_data=False):
-                    topic = channels[channel_id][0]
-                    counts[topic] = counts.get(topic, 0) + 1
+                mcap = self._open(path)
             except _Damage as exc:
-                types_.update(dict(channels.values()))
-                if not types_:
+                if not self._files:
                     raise
-                _LOG.debug('mcap pre-scan stopped: %s', exc)
+                self.damaged = True
+                self._failed = str(exc)
                 break
-            types_.update(dict(channels.values()))
-        # Channels met before the damage; counts are the messages readable.
-        self.topics = {t: TopicInfo(m, counts.get(t, 0)) for t, m in sorted(types_.items())}
+            self._files.append(mcap)
+            for channel_id, (topic, msgtype) in mcap.channels.items():
+                types_.setdefault(topic, msgtype)
+                count = None if mcap.counts is None else mcap.counts.get(channel_id, 0)
+                previous = counts.get(topic, 0)
+                counts[topic] = None if count is None or previous is None else previous + count
+            if len(types_) > _MAX_TOPICS:
+                raise _Damage(f'{path.name}: more than {_MAX_TOPICS} topics')
+            if not mcap.complete:
+                self.damaged = True
+                break
+        self.topics = {t: TopicInfo(m, counts.get(t)) for t, m in sorted(types_.items())}
+
+    @staticmethod
+    def _open(path: Path) -> _McapFile:
+        mcap = _McapFile(path)
+        if mcap.indexed:
+            return mcap
+        # No summary: find the channels (and count the messages) by scanning, up to any damage.
+        counts: dict[int, int] = {}
+        try:
+            for channel_id, _, _ in mcap.scan(None, with_data=False):
+                counts[channel_id] = counts.get(channel_id, 0) + 1
+                if len(mcap.channels) > _MAX_TOPICS:
+                    raise _Damage(f'{path.name}: more than {_MAX_TOPICS} channels')
+        except _Damage as exc:
+            if not mcap.channels:
+                raise
+            _LOG.debug('mcap pre-scan of %s stopped: %s', path, exc)
+        mcap.counts = counts
+        return mcap
 
     def messages(self, topics: Sequence[str]) -> Iterator[_Message]:
-        for path in self._files:
-            channels: dict[int, tuple[str, str]] = {}
-            for channel_id, timestamp, raw in self._scan(path, channels, with_data=True):
-                topic, msgtype = channels[channel_id]
-                if topic in topics:
-                    yield topic, msgtype, timestamp, raw
+        for mcap in self._files:
+            for channel_id, timestamp, raw in mcap.scan(topics, with_data=True,
+                                                        message_compression=self._compression):
+                topic, msgtype = mcap.channels[channel_id]
+                yield topic, msgtype, timestamp, raw
+        if self._failed:
+            raise _Damage(self._failed)
 
     def close(self) -> None:
         pass
 
-    def _scan(self, path: Path, channels: dict[int, tuple[str, str]],
-              with_data: bool) -> Iterator[tuple[int, int, bytes]]:
-        """Yield (channel id, log time, data) in file order; channels fill ``channels``."""
-        schemas: dict[int, str] = {}
-        try:
-            handle = path.open('rb')
-        except OSError as exc:
-            raise _Damage(f'cannot open {path}: {exc.strerror}') from exc
-        with handle:
-            if handle.read(8) != _MCAP_MAGIC:
-                raise _Damage(f'{path.name} does not start with the MCAP magic bytes')
-            while True:
-                offset = handle.tell()
-                head = handle.read(9)
-                if not head:
-                    raise _Damage(f'{path.name} ends at byte {offset} without its summary and '
-                                  'footer: the recording was cut off')
-                if len(head) < 9:
-                    raise _Damage(f'{path.name} is cut inside a record header at byte {offset}')
-                opcode, (length,) = head[0], _U64.unpack_from(head, 1)
-                if opcode == 0x02:  # footer: the data section ended cleanly
-                    return
-                if opcode not in (0x03, 0x04, 0x05, 0x06):
-                    handle.seek(length, 1)
-                    continue
-                content = handle.read(length)
-                if len(content) < length:
-                    raise _Damage(f'{path.name} is cut inside a record at byte {offset} '
-                                  f'({len(content)} of {length} bytes present)')
-                records = [(opcode, memoryview(content))]
-                if opcode == 0x06:
-                    records = list(self._chunk_records(path, offset, memoryview(content)))
-                messages = []
-                for op, body in records:
-                    try:
-                        if op == 0x03:
-                            (schema_id,) = _U16.unpack_from(body, 0)
-                            schemas[schema_id], _ = _mcap_string(body, 2)
-                        elif op == 0x04:
-                            channel_id, schema_id = struct.unpack_from('<HH', body, 0)
-                            topic, pos = _mcap_string(body, 4)
-                            encoding, _ = _mcap_string(body, pos)
-                            if encoding == 'cdr' and schema_id in schemas:
-                                channels[channel_id] = (topic, schemas[schema_id])
-                        elif op == 0x05:
-                            channel_id, _, log_time, _ = _MSG_HEAD.unpack_from(body, 0)
-                            if channel_id in channels:
-                                data = bytes(body[_MSG_HEAD.size:]) if with_data else b''
-                                messages.append((channel_id, log_time, data))
-                    except (struct.error, UnicodeDecodeError) as exc:
-                        raise _Damage(f'{path.name}: malformed record near byte {offset}: '
-                                      f'{exc}') from exc
-                # rosbags sorts a chunk's messages by log time, so do we.
-                messages.sort(key=lambda message: message[1])
-                yield from messages
 
-    @staticmethod
-    def _chunk_records(path: Path, offset: int,
-                       content: memoryview) -> Iterator[tuple[int, memoryview]]:
-        try:
-            _, _, size, crc = _CHUNK_HEAD.unpack_from(content, 0)
-            compression, pos = _mcap_string(content, _CHUNK_HEAD.size)
-            (stored,) = _U64.unpack_from(content, pos)
-        except struct.error as exc:
-            raise _Damage(f'{path.name}: malformed chunk at byte {offset}') from exc
-        stored_data = bytes(content[pos + 8:pos + 8 + stored])
-        try:
-            raw = _decompressor(compression)(stored_data)
-        except _Damage:
-            raise
-        except Exception as exc:  # zstd/lz4 raise their own error types
-            raise _Damage(f'{path.name}: chunk at byte {offset} does not decompress: '
-                          f'{exc}') from exc
-        if len(raw) != size or (crc and zlib.crc32(raw) != crc):
-            raise _Damage(f'{path.name}: chunk at byte {offset} fails its size or crc check')
-        body = memoryview(raw)
-        pos = 0
-        while pos < len(body):
-            if pos + 9 > len(body):
-                raise _Damage(f'{path.name}: chunk at byte {offset} ends inside a record')
-            opcode, (length,) = body[pos], _U64.unpack_from(body, pos + 1)
-            end = pos + 9 + length
-            if end > len(body):
-                raise _Damage(f'{path.name}: chunk at byte {offset} ends inside a record')
-            yield opcode, body[pos + 9:end]
-            pos = end
-
-
-class _Sqlite3Salvage:
+class _Sqlite3Source:
     """Read .db3 files row by row in insertion order, stopping at the first malformed page.
 
-    SQLite refuses a file shorter than the page count its header records ("database disk
-    image is malformed", even for the schema table), so a cut file is copied to a temporary
-    file with whole pages and the header's page count set to what is there (the header format:
-    https://www.sqlite.org/fileformat.html, offsets 16 and 28).
+    SQLite checks its own pages; we cap what a row may make it allocate
+    (``SQLITE_LIMIT_LENGTH``) and how many topics we take. SQLite refuses a file shorter than
+    the page count its header records ("database disk image is malformed", even for the schema
+    table), so a cut file is copied to a temporary file with whole pages and the header's page
+    count set to what is there (the header format: https://www.sqlite.org/fileformat.html,
+    offsets 16 and 28); such a bag is ``damaged``.
     """
 
-    damaged = True
-
-    def __init__(self, files: Sequence[Path]) -> None:
+    def __init__(self, files: Sequence[Path], message_compression: str = '') -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix='cityseg_bag_salvage_')
+        self._compression = message_compression
         self._dbs: list[tuple[Path, sqlite3.Connection, dict[int, tuple[str, str]]]] = []
         self._failed: Optional[str] = None
         self._cut: list[str] = []
         types_: dict[str, str] = {}
+        counts: dict[str, Optional[int]] = {}
         for index, path in enumerate(files):
             try:
                 db, topics = self._open(path, index)
@@ -612,8 +833,14 @@ class _Sqlite3Salvage:
                 self._failed = str(exc)
                 break
             self._dbs.append((path, db, topics))
-            types_.update(dict(topics.values()))
-        self.topics = {t: TopicInfo(m, None) for t, m in sorted(types_.items())}
+            per_topic = self._counts(db, topics)
+            for name, msgtype in topics.values():
+                types_.setdefault(name, msgtype)
+                count = None if per_topic is None else per_topic.get(name, 0)
+                previous = counts.get(name, 0)
+                counts[name] = None if count is None or previous is None else previous + count
+        self.damaged = bool(self._cut or self._failed)
+        self.topics = {t: TopicInfo(m, counts.get(t)) for t, m in sorted(types_.items())}
 
     def _open(self, path: Path,
               index: int) -> tuple[sqlite3.Connection, dict[int, tuple[str, str]]]:
@@ -635,20 +862,76 @@ class _Sqlite3Salvage:
         db = sqlite3.connect(f'{path.resolve().as_uri()}?immutable=1', uri=True,
                              check_same_thread=False)
         try:
-            rows = db.execute('SELECT id, name, type FROM topics').fetchall()
-        except sqlite3.DatabaseError:
+            # A row's blob is allocated whole: cap it ("string or blob too big" past it).
+            db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_MESSAGE_BYTES)
+            rows = db.execute('SELECT id, name, type FROM topics LIMIT ?',
+                              (_MAX_TOPICS + 1,)).fetchall()
+        except (sqlite3.Error, OverflowError):
             db.close()
             raise
-        return db, {int(i): (str(name), str(msgtype)) for i, name, msgtype in rows}
+        if len(rows) > _MAX_TOPICS:
+            db.close()
+            raise sqlite3.DatabaseError(f'more than {_MAX_TOPICS} topics')
+        topics = {}
+        for topic_id, name, msgtype in rows:
+            if not (isinstance(topic_id, int) and isinstance(name, str)
+                    and isinstance(msgtype, str)):
+                db.close()
+                raise sqlite3.DatabaseError('a topics row of the wrong types')
+            topics[topic_id] = (name, msgtype)
+        return db, topics
+
+    @staticmethod
+    def _counts(db: sqlite3.Connection,
+                topics: dict[int, tuple[str, str]]) -> Optional[dict[str, int]]:
+        try:
+            rows = db.execute('SELECT topic_id, COUNT(*) FROM messages GROUP BY topic_id '
+                              'LIMIT ?', (_MAX_TOPICS + 1,)).fetchall()
+        except sqlite3.Error:
+            return None  # a damaged table: the counts stay unknown, the rows are read anyway
+        counts: dict[str, int] = {}
+        for topic_id, count in rows:
+            if topic_id in topics:
+                name = topics[topic_id][0]
+                counts[name] = counts.get(name, 0) + int(count)
+        return counts
+
+    @staticmethod
+    def _rows(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[int, int]]:
+        """(rowid, topic id) of the messages of ``ids`` in insertion order, page by page.
+
+        Python's sqlite3 cursor steps one row ahead, so a damaged row would take the good row
+        before it down with it; pages of rows without their data, and the data fetched row by
+        row, keep every row before the damage. A failed page is retried a row at a time.
+        """
+        query = (f'SELECT rowid, topic_id FROM messages WHERE rowid > ? AND topic_id IN '
+                 f'({",".join("?" * len(ids))}) ORDER BY rowid LIMIT ?')
+        last, page = -2**63, 256
+        while True:
+            try:
+                rows = db.execute(query, (last, *ids, page)).fetchall()
+            except sqlite3.Error:
+                if page == 1:
+                    raise
+                page = 1
+                continue
+            if not rows:
+                return
+            for row, topic_id in rows:
+                yield row, topic_id
+                last = row
 
     @staticmethod
     def _fix_header(path: Path, copy: Path) -> Optional[Path]:
         with path.open('rb') as handle:
             header = handle.read(100)
-        if len(header) < 100 or not header.startswith(b'SQLite format 3\x00'):
+        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
             return None
         (page_size,) = struct.unpack_from('>H', header, 16)
         page_size = 65536 if page_size == 1 else page_size
+        # A power of two from 512 to 65536, or the file is not SQLite's (0 would divide by 0).
+        if page_size < 512 or page_size & (page_size - 1):
+            return None
         pages = path.stat().st_size // page_size
         (recorded,) = struct.unpack_from('>I', header, 28)
         if pages == 0 or pages >= recorded:
@@ -657,6 +940,8 @@ class _Sqlite3Salvage:
             remaining = pages * page_size
             while remaining:
                 block = src.read(min(remaining, 1 << 24))
+                if not block:
+                    return None
                 dst.write(block)
                 remaining -= len(block)
             dst.seek(28)
@@ -668,14 +953,18 @@ class _Sqlite3Salvage:
             ids = [i for i, (topic, _) in names.items() if topic in topics]
             if not ids:
                 continue
-            query = (f'SELECT topic_id, timestamp, data FROM messages WHERE topic_id IN '
-                     f'({",".join("?" * len(ids))}) ORDER BY id')
             try:
-                cursor = db.execute(query, ids)
-                for topic_id, timestamp, data in cursor:
+                for row, topic_id in self._rows(db, ids):
+                    timestamp, data = db.execute('SELECT timestamp, data FROM messages WHERE '
+                                                 'rowid = ?', (row,)).fetchone()
+                    if not isinstance(timestamp, int) or not isinstance(data, bytes):
+                        raise _Damage(f'{path.name}: a message row of the wrong types')
                     topic, msgtype = names[topic_id]
-                    yield topic, msgtype, int(timestamp), bytes(data)
-            except sqlite3.DatabaseError as exc:
+                    if self._compression:
+                        data = _inflate(data, self._compression, None, MAX_MESSAGE_BYTES,
+                                        f'{path.name}: a message on {topic}')
+                    yield topic, msgtype, timestamp, data
+            except (sqlite3.Error, OverflowError) as exc:
                 raise _Damage(f'{path.name}: {exc}') from exc
         if self._failed:
             raise _Damage(self._failed)
@@ -689,29 +978,97 @@ class _Sqlite3Salvage:
         self._tmp.cleanup()
 
 
-def _storage_files(path: Path) -> tuple[str, list[Path]]:
-    """Storage id and files of a bag rosbags could not open; ('', []) when it is none."""
-    if path.is_file():
-        kind = {'.mcap': 'mcap', '.db3': 'sqlite3'}.get(path.suffix, '')
-        return kind, [path] if kind else []
-    files: list[Path] = []
-    kind = ''
+class _Layout(NamedTuple):
+    """What a bag path holds: storage id, files, per-message compression ('' or 'zstd')."""
+
+    storage: str
+    files: list[Path]
+    message_compression: str
+
+
+def _sniff(path: Path) -> str:
+    """Storage id of one file from its magic bytes (or suffix); '' when it is neither."""
+    try:
+        with path.open('rb') as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise BagError(f'cannot read {path}: {exc.strerror}') from exc
+    if head.startswith(_MCAP_MAGIC):
+        return 'mcap'
+    if head.startswith(_SQLITE_MAGIC):
+        return 'sqlite3'
+    return {'.mcap': 'mcap', '.db3': 'sqlite3'}.get(path.suffix, '')
+
+
+def _metadata(path: Path) -> Optional[dict]:
+    """Return ``path/metadata.yaml``'s ``rosbag2_bagfile_information``; None if absent or bad."""
     meta = path / 'metadata.yaml'
-    if meta.is_file():
-        try:
-            info = YAML(typ='safe').load(meta.read_text())['rosbag2_bagfile_information']
-            kind = str(info.get('storage_identifier', ''))
-            files = [path / Path(f).name for f in info.get('relative_file_paths', [])]
-            files = [f for f in files if f.is_file()]
-        except Exception:  # noqa: B902 - a bad metadata.yaml: fall back to the files present
-            files = []
+    if not meta.is_file():
+        return None
+    try:
+        if meta.stat().st_size > _MAX_METADATA_BYTES:
+            _LOG.warning('%s is larger than %d bytes: ignored', meta, _MAX_METADATA_BYTES)
+            return None
+        info = YAML(typ='safe').load(meta.read_text())['rosbag2_bagfile_information']
+        return info if isinstance(info, dict) else None
+    except Exception:  # noqa: B902 - any bad YAML: fall back to the files present
+        _LOG.warning('%s is not a readable rosbag2 metadata file: ignored', meta)
+        return None
+
+
+def _bag_layout(path: Path) -> _Layout:
+    """Find the storage files of a bag directory or file.
+
+    Raises:
+        BagError: not a bag, or a layout we do not read (file-compressed bags).
+    """
+    if path.is_file():
+        storage = _sniff(path)
+        if not storage:
+            raise BagError(f'{path} is not a rosbag2: neither an MCAP nor a SQLite file; pass a '
+                           'bag directory with metadata.yaml or a .mcap/.db3 file')
+        return _Layout(storage, [path], '')
+    if not path.is_dir():
+        raise BagError(f'{path} is not a rosbag2 (not a file or directory); pass a bag '
+                       'directory with metadata.yaml or a .mcap/.db3 file')
+    info = _metadata(path) or {}
+    mode = str(info.get('compression_mode') or '').lower()
+    if mode == 'file':
+        raise BagError(f'bag {path} is compressed file by file (compression_mode: file), which '
+                       'is not read here; decompress its files first (zstd -d, then fix '
+                       'metadata.yaml) or convert it with ros2 bag convert')
+    compression = ''
+    if mode == 'message':
+        compression = str(info.get('compression_format') or '')
+        if compression != 'zstd':
+            raise BagError(f'bag {path} compresses messages with {compression!r}; only zstd '
+                           'is read')
+    files: list[Path] = []
+    listed = info.get('relative_file_paths')
+    if isinstance(listed, list):
+        files = [path / Path(str(f)).name for f in listed[:_MAX_TOPICS]]
+        files = [f for f in files if f.is_file()]
     if not files:
-        for suffix, name in (('.mcap', 'mcap'), ('.db3', 'sqlite3')):
-            found = sorted(path.glob(f'*{suffix}'))
-            if found:
-                kind, files = name, found
-                break
-    return (kind, files) if kind in STORAGES else ('', [])
+        files = sorted(p for p in path.iterdir() if p.suffix in ('.mcap', '.db3')
+                       and p.is_file())
+    kinds = {_sniff(f) for f in files} - {''}
+    if not kinds:
+        raise BagError(f'{path} is not a rosbag2: no .mcap or .db3 file in it; pass a bag '
+                       'directory with metadata.yaml or a .mcap/.db3 file')
+    if len(kinds) > 1:
+        raise BagError(f'bag {path} mixes mcap and sqlite3 files; pass one storage file')
+    storage = kinds.pop()
+    return _Layout(storage, [f for f in files if _sniff(f) == storage], compression)
+
+
+def _open_source(path: Path) -> Any:
+    """Open a bag with the bounded reader of its storage."""
+    layout = _bag_layout(path)
+    source = _McapSource if layout.storage == 'mcap' else _Sqlite3Source
+    try:
+        return source(layout.files, layout.message_compression)
+    except _Damage as exc:
+        raise BagError(f'bag {path} is damaged and nothing in it is readable: {exc}') from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,22 +1107,9 @@ class BagReader:
         Raises:
             BagError: the path is not a bag, or nothing in it is readable.
         """
-        try:
-            self._source = _RosbagsSource(self.path)
-            return
-        except Exception as exc:  # rosbags raises ReaderError, FileNotFoundError, apsw errors
-            reason = f'{type(exc).__name__}: {exc}'
-        kind, files = _storage_files(self.path)
-        if not files:
-            raise BagError(f'{self.path} is not a rosbag2 ({reason}); pass a bag directory with '
-                           'metadata.yaml or a .mcap/.db3 file')
-        _LOG.warning('bag %s cannot be opened normally (%s); reading what precedes the damage',
-                     self.path, reason)
-        try:
-            self._source = (_McapSalvage if kind == 'mcap' else _Sqlite3Salvage)(files)
-        except _Damage as exc:
-            raise BagError(f'bag {self.path} is damaged and nothing in it is readable: {exc} '
-                           f'(rosbags: {reason})') from exc
+        self._source = _open_source(self.path)
+        if self._source.damaged:
+            _LOG.warning('bag %s is damaged; reading what precedes the damage', self.path)
 
     def close(self) -> None:
         """Close the storage files."""
