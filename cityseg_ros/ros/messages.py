@@ -23,6 +23,7 @@ both of which the setter iterates; measured with rclpy 7.1).
 """
 
 import array
+from typing import Optional
 
 from cityseg_ros.errors import ImageError
 from cityseg_ros.imagemsg import COLOR_ENCODINGS, image_to_numpy
@@ -31,7 +32,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 __all__ = ['ACCEPTED_ENCODINGS', 'copy_header', 'image_to_rgb', 'labels_msg',
-           'confidence_msg', 'rgb_msg', 'stamp_ns']
+           'confidence_msg', 'rgb_msg', 'stamp_ns', 'stamp_problem']
 
 #: Input encodings (DESIGN.md, "Contract: topics").
 ACCEPTED_ENCODINGS = COLOR_ENCODINGS
@@ -40,6 +41,23 @@ ACCEPTED_ENCODINGS = COLOR_ENCODINGS
 def stamp_ns(header: Header) -> int:
     """Return the header's stamp as integer nanoseconds."""
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def stamp_problem(header: Header) -> Optional[str]:
+    """Say why a header stamp cannot be paired or published, or return None when it can.
+
+    builtin_interfaces/Time holds ``nanosec`` in [0, 1e9) and a time since the epoch; the wire
+    types (int32, uint32) let a broken driver send anything else, and a zero stamp (never
+    set) would make every frame the same instant.
+    """
+    sec, nanosec = int(header.stamp.sec), int(header.stamp.nanosec)
+    if nanosec >= 1_000_000_000:
+        return f'header.stamp.nanosec {nanosec} is not below 1e9 (a malformed stamp)'
+    if sec < 0:
+        return f'header.stamp.sec {sec} is negative (a malformed stamp)'
+    if sec == 0 and nanosec == 0:
+        return 'header.stamp is 0: the driver does not stamp its images'
+    return None
 
 
 def copy_header(header: Header) -> Header:

@@ -17,10 +17,15 @@
 Lifecycle (DESIGN.md, "Threads in the node"): configure reads the parameters, builds and warms
 up the Segmenter and creates the publishers; activate starts the worker and subscribes;
 deactivate and cleanup undo that in reverse and free the model. Subscription callbacks only
-decode and pair; the matched pair goes to the worker's one-slot mailbox (an older pending pair
-is dropped and counted), and the worker thread runs both images as one batch, renders only the
-outputs somebody subscribes to and publishes them with the input header. The executor never
+check, decode and pair; the matched pair goes to the worker's one-slot mailbox (an older pending
+pair is dropped and counted), and the worker thread runs both images as one batch, renders only
+the outputs somebody subscribes to and publishes them with the input header. The executor never
 waits for the model.
+
+The parts live beside it: ``inputs.py`` (subscriptions, QoS matching, loss counting),
+``points.py`` (semantic/points, its own failures), ``diagnostics.py`` (level and reason), and the
+pairer's time-jump recovery (``cityseg_ros.pairing``). No input ends the node or leaves it in
+another state than the one it was told to be in: every callback counts and logs its problems.
 """
 
 from collections import Counter
@@ -33,20 +38,23 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from cityseg_ros import render
-from cityseg_ros.errors import CitysegError, ImageError
+from cityseg_ros.errors import CitysegError, ConfigError, ImageError
 from cityseg_ros.pairing import Matched, StampPairer
-from cityseg_ros.ros.messages import confidence_msg, image_to_rgb, labels_msg, rgb_msg, stamp_ns
-from cityseg_ros.ros.params import (declare_params, NodeParams, on_set_parameters, PARAMS,
-                                    read_params, stereo_params)
-from cityseg_ros.ros.pointcloud import cloud_msg
-from cityseg_ros.ros.qos import (input_qos, output_qos, publisher_event_callbacks,
-                                 subscription_event_callbacks)
-from cityseg_ros.stereo import semantic_cloud, StereoModel, StereoParams
+from cityseg_ros.ros.diagnostics import assess, CounterWindow, Facts, window_seconds
+from cityseg_ros.ros.inputs import InputSubscriptions
+from cityseg_ros.ros.messages import (confidence_msg, image_to_rgb, labels_msg, rgb_msg,
+                                      stamp_ns, stamp_problem)
+from cityseg_ros.ros.params import (declare_params, MIN_INPUT_SIDE, NodeParams,
+                                    on_set_parameters, PARAMS, read_params, ros_hint)
+from cityseg_ros.ros.points import camera_info_problem, PointsOutput
+from cityseg_ros.ros.qos import output_qos, publisher_event_callbacks
 from cityseg_ros.worker import LatencyWindow, Worker
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -57,10 +65,20 @@ __all__ = ['SegmentNode', 'SegmenterLike', 'default_segmenter_factory', 'main', 
 
 #: Output names under ``C/semantic/``, in publishing order.
 OUTPUTS = ('labels', 'color', 'overlay', 'confidence')
+#: The cameras whose pair makes ``semantic/points`` (DESIGN.md's ``stereo_cameras`` default).
+STEREO_CAMERAS = ('left', 'right')
 #: Seconds between two log lines of the same bad-input kind (hot paths).
 THROTTLE_S = 5.0
 #: Frames kept per camera while the pairer waits for the partner.
 MAX_PENDING = 8
+#: Stamp or ROS-clock jumps larger than this are time jumps (the pairer resets on one back).
+JUMP_NS = 1_000_000_000
+#: Stamp -> publish latencies outside [0, this] ms are clock trouble, not statistics (a bag
+#: played without use_sim_time, a camera on another clock): counted, kept out of p50/p95.
+MAX_LATENCY_MS = 60_000.0
+#: Largest input image side and size accepted; anything larger is rejected before decoding.
+MAX_INPUT_SIDE = 16384
+MAX_INPUT_PIXELS = 8192 * 8192
 
 
 class SegmenterLike(Protocol):
@@ -136,24 +154,33 @@ class SegmentNode(LifecycleNode):
         self._seg: Optional[SegmenterLike] = None
         self._device = 'none'
         self._pubs: Dict[str, Dict[str, Any]] = {}
-        self._points_pub: Optional[Any] = None
-        self._stereo: Optional[StereoParams] = None  # rebuilt when a points_* value changes
-        self._subs: List[Any] = []
+        self._points: Optional[PointsOutput] = None
+        self._inputs: Optional[InputSubscriptions] = None
         self._pairer: Optional[StampPairer] = None
         self._last_submit = 0.0
         self._unpaired_logged = 0
-        self._camera_info: Dict[str, CameraInfo] = {}
+        self._jumps_logged = 0
+        self._last_stamp: Dict[str, int] = {}  # per input camera: bounded
+        self._frame_ids: Dict[str, str] = {}  # per input camera: bounded
+        self._last_reject = ''
+        self._last_jump = ''
         self._counts: Counter = Counter()
         self._published: Counter = Counter()
         self._latency = LatencyWindow()  # header stamp -> publish, ms (ROS clock)
         self._node_latency = LatencyWindow()  # callback receive -> publish, ms (monotonic)
-        self._points_ms = LatencyWindow()  # disparity + cloud + message, ms
         self._worker: Worker[_Pair] = Worker(self._process, on_error=self._on_worker_error,
                                              name=f'{node_name}-worker')
         self._input_group = ReentrantCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._diag_last = (time.monotonic(), 0, 0, 0)
-        self._diag_timer = self.create_timer(1.0, self.publish_diagnostics)
+        self._window = CounterWindow(time.monotonic())
+        # A steady clock: under use_sim_time a ROS-time timer stops when /clock stops or
+        # jumps back, and the diagnostics must say so rather than go silent.
+        self._diag_timer = self.create_timer(1.0, self.publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=Duration(nanoseconds=JUMP_NS),
+                          min_backward=Duration(nanoseconds=-JUMP_NS), on_clock_change=True),
+            post_callback=self._on_clock_jump)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -175,35 +202,34 @@ class SegmentNode(LifecycleNode):
             return self._fail('configure', exc, TransitionCallbackReturn.ERROR)
         self._params, self._seg = params, seg
         self._pairer = StampPairer(params.input_cameras, int(params.pair_tolerance_ms * 1e6),
-                                   max_pending=MAX_PENDING)
-        self._stereo = None
-        self._unpaired_logged = 0
+                                   max_pending=MAX_PENDING, jump_ns=JUMP_NS)
+        self._unpaired_logged = self._jumps_logged = 0
         self._device = str(getattr(seg, 'device', params.device))
         enabled = {'labels': True, 'color': params.publish_color,
                    'overlay': params.publish_overlay, 'confidence': params.publish_confidence}
-        qos = output_qos()
         for cam in params.cameras:
-            self._pubs[cam] = {}
-            for output in OUTPUTS:
-                if not enabled[output]:
-                    continue
-                topic = f'{cam}/semantic/{output}'
-                self._pubs[cam][output] = self.create_lifecycle_publisher(
-                    Image, topic, qos, event_callbacks=publisher_event_callbacks(
-                        self.resolve_topic_name(topic), qos, log.warning,
-                        functools.partial(self._count, 'incompatible_qos')))
+            self._pubs[cam] = {output: self._publisher(Image, f'{cam}/semantic/{output}')
+                               for output in OUTPUTS if enabled[output]}
+        outputs = [f'C/semantic/{o}' for o in OUTPUTS if enabled[o]]
         if params.publish_points:
-            self._points_pub = self.create_lifecycle_publisher(
-                PointCloud2, 'semantic/points', qos, event_callbacks=publisher_event_callbacks(
-                    self.resolve_topic_name('semantic/points'), qos, log.warning,
-                    functools.partial(self._count, 'incompatible_qos')))
+            self._points = PointsOutput(self._publisher(PointCloud2, 'semantic/points'),
+                                        STEREO_CAMERAS, self._values(), log,
+                                        functools.partial(self._count, n=1))
+            outputs.append('semantic/points')
         self._error = None
         self._state = 'inactive'
         log.info(f'configured {params.model} on {self._device} ({params.precision}, '
                  f'tta {params.tta}) in {time.perf_counter() - start:.1f} s, warm-up '
                  f'{warm_ms or 0.0:.0f} ms; cameras {list(params.cameras)}, outputs '
-                 f'{[o for o in OUTPUTS if enabled[o]]}')
+                 f'{outputs}')
         return super().on_configure(state)
+
+    def _publisher(self, msg_type: Any, topic: str) -> Any:
+        qos = output_qos()
+        return self.create_lifecycle_publisher(
+            msg_type, topic, qos, event_callbacks=publisher_event_callbacks(
+                self.resolve_topic_name(topic), qos, self.get_logger().warning,
+                functools.partial(self._count, 'incompatible_qos')))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start the worker and subscribe to the images and camera infos."""
@@ -211,22 +237,14 @@ class SegmentNode(LifecycleNode):
         assert params is not None  # the state machine only activates a configured node
         ret = super().on_activate(state)  # publishers on before the first frame
         self._worker.start()
-        qos = input_qos(params.input_reliability, params.input_depth)
-        warn = self.get_logger().warning
-        for cam in params.input_cameras:
-            for topic, msg_type, callback in (
-                    (f'{cam}/image_rect_color', Image, self._on_image),
-                    (f'{cam}/camera_info', CameraInfo, self._on_camera_info)):
-                events = subscription_event_callbacks(
-                    self.resolve_topic_name(topic), qos, warn,
-                    functools.partial(self._count, 'incompatible_qos'))
-                self._subs.append(self.create_subscription(
-                    msg_type, topic, functools.partial(callback, cam), qos,
-                    callback_group=self._input_group, event_callbacks=events))
+        self._inputs = InputSubscriptions(
+            self, params.input_cameras, params.input_reliability, params.input_depth,
+            self._on_image, self._on_camera_info, self._count, self._input_group)
+        self._inputs.start()
         self._state = 'active'
         self.get_logger().info(
-            f'active: subscribed to {[s.topic_name for s in self._subs]} '
-            f'({params.input_reliability}, depth {params.input_depth})')
+            f'active: subscribed to {self._inputs.topic_names} (input_reliability '
+            f'{params.input_reliability}: {self._inputs.summary()}; depth {params.input_depth})')
         return ret
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -264,14 +282,15 @@ class SegmentNode(LifecycleNode):
     def _fail(self, transition: str, exc: BaseException,
               ret: TransitionCallbackReturn = TransitionCallbackReturn.FAILURE
               ) -> TransitionCallbackReturn:
-        self._error = f'{transition} failed: {exc}'
+        # The library's hints name command-line flags; a node user sets parameters.
+        self._error = f'{transition} failed: {ros_hint(str(exc))}'
         self.get_logger().error(self._error)
         return ret
 
     def _stop_inputs(self) -> None:
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
+        if self._inputs is not None:
+            self._inputs.stop()
+            self._inputs = None
         self._worker.stop()
         if self._pairer is not None:
             self._pairer.clear()
@@ -281,9 +300,9 @@ class SegmentNode(LifecycleNode):
             for pub in pubs.values():
                 self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        if self._points_pub is not None:
-            self.destroy_lifecycle_publisher(self._points_pub)
-            self._points_pub = None
+        if self._points is not None:
+            self.destroy_lifecycle_publisher(self._points.publisher)
+            self._points = None
         if self._seg is not None:
             self._seg.close()
         self._seg = None
@@ -291,42 +310,122 @@ class SegmentNode(LifecycleNode):
         self._pairer = None
         self._device = 'none'
 
+    def _values(self) -> Dict[str, Any]:
+        return {p.name: self.get_parameter(p.name).value for p in PARAMS}
+
     # -- inputs (executor threads) -------------------------------------------------------------
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self._counts[key] += n
 
+    def _reject(self, kind: str, topic: str, reason: str) -> None:
+        """Count a refused input and say why (throttled): bad input never stops the node."""
+        with self._lock:
+            self._counts['rejected'] += 1
+            self._counts[f'rejected_{kind}'] += 1
+        self._last_reject = f'{topic}: {reason}'
+        self.get_logger().error(f'rejected a message on {self.resolve_topic_name(topic)}: '
+                                f'{reason}', throttle_duration_sec=THROTTLE_S)
+
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
-        self._camera_info[camera] = msg
         self._count(f'{camera}_camera_info')
+        try:
+            problem = camera_info_problem(msg)
+            if problem is not None:
+                self._reject('camera_info', f'{camera}/camera_info', problem)
+            elif self._points is not None:
+                self._points.on_camera_info(camera, msg)
+        except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
+            self._internal_error(f'{camera}/camera_info', exc)
 
     def _on_image(self, camera: str, msg: Image) -> None:
         received = time.monotonic()
         self._count(f'{camera}_images')
+        topic = f'{camera}/image_rect_color'
+        try:
+            frame = self._check_and_decode(camera, topic, msg, received)
+            pairer = self._pairer
+            if frame is None or pairer is None or self._state != 'active':
+                return  # rejected, or deactivated while this callback ran
+            self._note_frame_id(camera, topic, msg.header.frame_id)
+            stamp = stamp_ns(msg.header)
+            self._last_stamp[camera] = stamp
+            matched = pairer.push(camera, stamp, frame)
+            self._log_pairing(pairer)
+            if matched is not None:
+                self._on_matched(matched)
+        except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
+            self._internal_error(topic, exc)
+
+    def _check_and_decode(self, camera: str, topic: str, msg: Image,
+                          received: float) -> Optional[_Frame]:
+        """Return the decoded frame, or None after counting and logging why it was refused."""
+        problem = stamp_problem(msg.header)
+        if problem is not None:
+            self._reject('bad_stamp', topic, problem)
+            return None
+        width, height = int(msg.width), int(msg.height)
+        if 0 < min(width, height) < MIN_INPUT_SIDE:
+            self._reject('too_small', topic,
+                         f'{width}x{height} image is smaller than the {MIN_INPUT_SIDE} px the '
+                         'model needs per side')
+            return None
+        if max(width, height) > MAX_INPUT_SIDE or width * height > MAX_INPUT_PIXELS:
+            self._reject('too_large', topic,
+                         f'{width}x{height} image is larger than {MAX_INPUT_SIDE} px per side or '
+                         f'{MAX_INPUT_PIXELS // 2**20} Mpx; resize it on the driver')
+            return None
         try:
             rgb = image_to_rgb(msg)
         except ImageError as exc:
-            self._count('rejected')
-            self._count('rejected_bad_image')
-            self.get_logger().error(
-                f'rejected an image on {self.resolve_topic_name(f"{camera}/image_rect_color")}'
-                f': {exc}', throttle_duration_sec=THROTTLE_S)
-            return
-        pairer = self._pairer
-        if pairer is None or self._state != 'active':  # deactivated while this callback ran
-            return
-        matched = pairer.push(camera, stamp_ns(msg.header), _Frame(msg.header, rgb, received))
-        unpaired = pairer.stats.dropped
+            self._reject('bad_image', topic, str(exc))
+            return None
+        return _Frame(msg.header, rgb, received)
+
+    def _note_frame_id(self, camera: str, topic: str, frame_id: str) -> None:
+        previous = self._frame_ids.get(camera)
+        self._frame_ids[camera] = frame_id
+        if previous is not None and previous != frame_id:
+            self._count('frame_id_changes')
+            self.get_logger().warning(
+                f'{self.resolve_topic_name(topic)}: frame_id changed from {previous!r} to '
+                f'{frame_id!r}; outputs carry the new one', throttle_duration_sec=THROTTLE_S)
+
+    def _log_pairing(self, pairer: StampPairer) -> None:
+        stats = pairer.stats
+        jumps = stats.jumps_back + stats.jumps_forward
+        if jumps > self._jumps_logged and stats.last_jump is not None:
+            self._jumps_logged = jumps
+            self._last_jump = stats.last_jump.describe()
+            action = ('pairing starts afresh' if stats.last_jump.delta_ns < 0
+                      else 'pairing goes on')
+            self.get_logger().warning(f'time jump: {self._last_jump}; {action}',
+                                      throttle_duration_sec=THROTTLE_S)
+        unpaired = stats.dropped
         if unpaired > self._unpaired_logged:
             self._unpaired_logged = unpaired
             self.get_logger().warning(
                 f'{unpaired} image(s) so far found no partner within pair_tolerance_ms='
-                f'{pairer.tolerance_ns / 1e6:g} ms; left and right need '
-                'equal stamps (hardware sync) or a larger pair_tolerance_ms',
+                f'{pairer.tolerance_ns / 1e6:g} ms ({self._pairing_hint()})',
                 throttle_duration_sec=THROTTLE_S)
-        if matched is not None:
-            self._on_matched(matched)
+
+    def _stamp_gap_ms(self) -> Optional[float]:
+        stamps = [self._last_stamp.get(cam) for cam in STEREO_CAMERAS]
+        if None in stamps or not self._params or not self._params.stereo:
+            return None
+        return abs(stamps[0] - stamps[1]) / 1e6
+
+    def _pairing_hint(self) -> str:
+        lost = sum(v for k, v in self.counters.items() if k.endswith('_lost'))
+        gap = self._stamp_gap_ms()
+        parts = []
+        if gap is not None:
+            parts.append(f'latest left/right stamps differ by {gap:.1f} ms')
+        if lost:
+            parts.append(f'{lost} images lost before the node (transport or input queue)')
+        parts.append('equal stamps need synchronised cameras; see /diagnostics')
+        return '; '.join(parts)
 
     def _on_matched(self, matched: Matched) -> None:
         params = self._params
@@ -335,14 +434,12 @@ class SegmentNode(LifecycleNode):
         frames = {cam: matched.items[cam] for cam in params.input_cameras}
         shapes = {frame.rgb.shape for frame in frames.values()}
         if len(shapes) > 1:
-            self._count('rejected')
-            self._count('rejected_size_mismatch')
             sizes = ', '.join(f'{cam} {_size(f.rgb)}' for cam, f in frames.items())
-            self.get_logger().error(
-                f'rejected the pair at stamp {matched.stamp_ns} ns: image sizes differ ({sizes});'
-                ' publish rectified images of one size', throttle_duration_sec=THROTTLE_S)
+            self._reject('size_mismatch', 'image_rect_color',
+                         f'the pair at stamp {matched.stamp_ns} ns has image sizes that differ '
+                         f'({sizes}); publish rectified images of one size')
             return
-        now = time.monotonic()
+        now = time.monotonic()  # steady: a ROS clock jump must not block or flood the model
         rate = self.get_parameter('max_rate_hz').value
         with self._lock:
             if rate > 0.0 and now - self._last_submit < 1.0 / rate:
@@ -352,6 +449,32 @@ class SegmentNode(LifecycleNode):
         self._worker.submit(_Pair(matched.stamp_ns, frames,
                                   max(f.received for f in frames.values())))
 
+    def _internal_error(self, topic: str, exc: BaseException) -> None:
+        self._count('internal_errors')
+        self.get_logger().error(f'unexpected error on {topic} (the node goes on): '
+                                f'{type(exc).__name__}: {exc}\n{traceback.format_exc()}',
+                                throttle_duration_sec=THROTTLE_S)
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        """Restart latency and pairing after a ROS clock jump (use_sim_time, /clock)."""
+        change = jump.clock_change
+        delta = jump.delta.nanoseconds / 1e9
+        if change == ClockChange.ROS_TIME_ACTIVATED:
+            what = 'use_sim_time on: the ROS clock now follows /clock'
+        elif change == ClockChange.ROS_TIME_DEACTIVATED:
+            what = 'use_sim_time off: the ROS clock is the system clock again'
+        else:
+            what = f'ROS clock jumped {"back" if delta < 0 else "forward"} {abs(delta):.3f} s'
+        self._count('clock_jumps')
+        self._last_jump = what
+        # Stamp -> now on the old clock says nothing about the new one.
+        self._latency.clear()
+        pairer = self._pairer
+        if pairer is not None and (delta < 0 or change != ClockChange.ROS_TIME_NO_CHANGE):
+            pairer.clear()
+        self.get_logger().warning(f'{what}: latency statistics restarted',
+                                  throttle_duration_sec=THROTTLE_S)
+
     # -- the worker thread ---------------------------------------------------------------------
 
     def _wanted(self) -> Dict[str, Dict[str, Any]]:
@@ -360,12 +483,12 @@ class SegmentNode(LifecycleNode):
                 for cam, pubs in self._pubs.items()}
 
     def _process(self, pair: _Pair) -> None:
-        seg, params = self._seg, self._params
+        seg, params, points = self._seg, self._params, self._points
         if seg is None or params is None:
             return
         wanted = self._wanted()
-        points = self._points_pub is not None and self._points_pub.get_subscription_count() > 0
-        if not any(wanted.values()) and not points:
+        cloud = points is not None and points.wanted()
+        if not any(wanted.values()) and not cloud:
             self._count('skipped_no_subscribers')
             return
         confidence = any('confidence' in outputs for outputs in wanted.values())
@@ -374,16 +497,33 @@ class SegmentNode(LifecycleNode):
         predictions = seg.predict([frame.rgb for frame in frames], confidence=confidence)
         self._worker.record_inference((time.perf_counter() - start) * 1e3)
         alpha = float(self.get_parameter('overlay_alpha').value)
+        sent = 0
         for cam, frame, prediction in zip(params.cameras, frames, predictions):
-            self._publish(cam, wanted[cam], frame, prediction, alpha)
-        if points:
-            self._publish_points(pair, predictions[params.cameras.index('left')].labels)
+            sent += self._publish(cam, wanted[cam], frame, prediction, alpha)
+        if sent:
+            self._record_latency(pair)
+        if cloud:
+            # A cloud problem is the cloud's (counted, logged there), never the pair's.
+            labels = predictions[params.cameras.index(STEREO_CAMERAS[0])].labels
+            if points.publish(pair.frames, labels):
+                with self._lock:
+                    self._published['semantic/points'] += 1
+                if not sent:
+                    self._record_latency(pair)
+                sent += 1
+        if sent:
+            self._count('published_pairs')
+
+    def _record_latency(self, pair: _Pair) -> None:
         self._node_latency.add((time.monotonic() - pair.received) * 1e3)
-        self._latency.add((self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e6)
-        self._count('published_pairs')
+        age_ms = (self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e6
+        if 0.0 <= age_ms <= MAX_LATENCY_MS:
+            self._latency.add(age_ms)
+        else:
+            self._count('latency_excluded')
 
     def _publish(self, cam: str, wanted: Dict[str, Any], frame: _Frame, prediction: Any,
-                 alpha: float) -> None:
+                 alpha: float) -> int:
         labels, header = prediction.labels, frame.header
         messages = {}
         if 'labels' in wanted:
@@ -401,38 +541,16 @@ class SegmentNode(LifecycleNode):
             wanted[name].publish(msg)
         with self._lock:
             self._published.update(f'{cam}/{name}' for name in messages)
-
-    def _publish_points(self, pair: _Pair, left_labels: np.ndarray) -> None:
-        """Publish semantic/points for a pair, or say (throttled) why it cannot be built."""
-        left, right = pair.frames['left'], pair.frames['right']
-        reason = StereoModel.check(self._camera_info.get('left'),
-                                   self._camera_info.get('right'), left.rgb.shape[:2])
-        if reason is not None:
-            self._count('points_skipped')
-            self.get_logger().warning(f'semantic/points not published: {reason}',
-                                      throttle_duration_sec=THROTTLE_S)
-            return
-        try:
-            stereo = self._stereo or stereo_params(
-                {p.name: self.get_parameter(p.name).value for p in PARAMS})
-            self._stereo = stereo
-            model = StereoModel.from_camera_info(self._camera_info['left'],
-                                                 self._camera_info['right'], left.rgb.shape[:2])
-            start = time.perf_counter()
-            cloud = semantic_cloud(left.rgb, right.rgb, left_labels, model, stereo)
-            self._points_pub.publish(cloud_msg(cloud, left.header))
-            self._points_ms.add((time.perf_counter() - start) * 1e3)
-        except CitysegError as exc:
-            self._count('points_failed')
-            self.get_logger().error(f'semantic/points failed: {exc}',
-                                    throttle_duration_sec=THROTTLE_S)
-            return
-        with self._lock:
-            self._published['semantic/points'] += 1
+        return len(messages)
 
     def _on_parameters_set(self, parameters: List[Any]) -> None:
-        if any(p.name.startswith(('points_', 'stereo_')) for p in parameters):
-            self._stereo = None  # the worker rebuilds it from the new values
+        points = self._points
+        if points is not None and any(p.name.startswith(('points_', 'stereo_'))
+                                      for p in parameters):
+            try:
+                points.update_settings(self._values)  # one atomic hand-over to the worker
+            except ConfigError as exc:  # the on-set check passed them: should not happen
+                self.get_logger().error(f'stereo settings not applied: {exc}')
 
     def _on_worker_error(self, pair: _Pair, exc: BaseException) -> None:
         hint = ''
@@ -442,7 +560,8 @@ class SegmentNode(LifecycleNode):
             self.get_logger().debug(traceback.format_exc())
         self.get_logger().error(
             f'segmentation failed for the frame at stamp {pair.stamp_ns} ns: '
-            f'{type(exc).__name__}: {exc}{hint}', throttle_duration_sec=THROTTLE_S)
+            f'{type(exc).__name__}: {ros_hint(str(exc))}{hint}',
+            throttle_duration_sec=THROTTLE_S)
 
     # -- diagnostics ---------------------------------------------------------------------------
 
@@ -461,11 +580,14 @@ class SegmentNode(LifecycleNode):
             stats = pairer.stats
             counts['pairs'] = stats.matched
             counts['unpaired'] = stats.dropped
+            counts['unpaired_future'] = sum(stats.dropped_future.values())
+            counts['time_jumps_back'] = stats.jumps_back
+            counts['time_jumps_forward'] = stats.jumps_forward
         return counts
 
     @property
     def published(self) -> Dict[str, int]:
-        """Messages published per ``camera/output`` since start."""
+        """Messages published per ``camera/output`` (and ``semantic/points``) since start."""
         with self._lock:
             return dict(self._published)
 
@@ -480,30 +602,49 @@ class SegmentNode(LifecycleNode):
         return self._latency
 
     def diagnostics(self) -> DiagnosticStatus:
-        """Build the node's DiagnosticStatus (rates since the previous call)."""
-        now = time.monotonic()
+        """Build the node's DiagnosticStatus (rates and judgement over the recent window)."""
         counts = self.counters
         stats = self._worker.stats
-        pairs = counts.get('pairs', 0)
+        params, inputs, points = self._params, self._inputs, self._points
+        cameras = params.input_cameras if params else ()
+        max_rate = float(self.get_parameter('max_rate_hz').value)
+        jumps = (counts.get('time_jumps_back', 0) + counts.get('time_jumps_forward', 0)
+                 + counts.get('clock_jumps', 0))
+        cumulative = dict(counts, submitted=stats.submitted, failed=stats.failed,
+                          time_jumps=jumps)
+        window_s, delta = self._window.add(
+            time.monotonic(), cumulative, window_seconds(stats.inference_p95_ms, max_rate))
         images = sum(v for k, v in counts.items() if k.endswith('_images'))
-        last_t, last_images, last_pairs, last_out = self._diag_last
-        elapsed = max(now - last_t, 1e-3)
-        published = counts.get('published_pairs', 0)
-        self._diag_last = (now, images, pairs, published)
-        params = self._params
+        lost = sum(v for k, v in counts.items() if k.endswith('_lost'))
+        facts = Facts(
+            state=self._state, cameras=cameras, window_s=window_s, delta=delta,
+            error=self._error,
+            publishers={c: inputs.publishers(c) for c in cameras} if inputs else {},
+            reliability={c: inputs.reliability(c) for c in cameras} if inputs else {},
+            images_ever=images, tolerance_ms=params.pair_tolerance_ms if params else 0.0,
+            stamp_gap_ms=self._stamp_gap_ms(), max_rate_hz=max_rate,
+            busy_for_s=stats.busy_for_s, last_error=stats.last_error or '',
+            last_reject=self._last_reject, last_jump=self._last_jump)
+        level, message = assess(facts)
 
         def ms(value: Optional[float]) -> str:
             return 'n/a' if value is None else f'{value:.1f}'
 
+        def rate(key: str) -> str:
+            return f'{max(delta.get(key, 0), 0) / window_s:.2f}'
+
+        pairs_in = {k: v for k, v in delta.items() if k.endswith('_images')}
         values = {
             'state': self._state,
             'model': params.model if params else self.get_parameter('model').value,
             'device': self._device,
             'precision': params.precision if params else '',
             'cameras': ','.join(params.cameras) if params else '',
-            'input_images_hz': f'{(images - last_images) / elapsed:.2f}',
-            'input_pairs_hz': f'{(pairs - last_pairs) / elapsed:.2f}',
-            'output_hz': f'{(published - last_out) / elapsed:.2f}',
+            'input_reliability': inputs.summary() if inputs else '',
+            'window_s': f'{window_s:.1f}',
+            'input_images_hz': f'{sum(pairs_in.values()) / window_s:.2f}',
+            'input_pairs_hz': rate('pairs'),
+            'output_hz': rate('published_pairs'),
             'latency_p50_ms': ms(self._latency.percentile(50)),
             'latency_p95_ms': ms(self._latency.percentile(95)),
             'node_latency_p50_ms': ms(self._node_latency.percentile(50)),
@@ -512,38 +653,41 @@ class SegmentNode(LifecycleNode):
             'inference_p95_ms': ms(stats.inference_p95_ms),
             'submitted_pairs': str(stats.submitted),
             'processed_pairs': str(stats.processed),
-            'published_pairs': str(published),
+            'published_pairs': str(counts.get('published_pairs', 0)),
             'dropped_pairs': str(stats.dropped),
             'failed_pairs': str(stats.failed),
             'rate_limited_pairs': str(counts.get('rate_limited', 0)),
             'rejected_messages': str(counts.get('rejected', 0)),
-            'rejected_bad_image': str(counts.get('rejected_bad_image', 0)),
-            'rejected_size_mismatch': str(counts.get('rejected_size_mismatch', 0)),
+            **{f'rejected_{kind}': str(counts.get(f'rejected_{kind}', 0))
+               for kind in ('bad_image', 'size_mismatch', 'too_small', 'too_large',
+                            'bad_stamp', 'camera_info')},
             'unpaired_images': str(counts.get('unpaired', 0)),
+            'lost_images': str(lost),
+            'dds_lost_samples': str(counts.get('dds_lost_samples', 0)),
             'skipped_no_subscribers': str(counts.get('skipped_no_subscribers', 0)),
             'incompatible_qos_events': str(counts.get('incompatible_qos', 0)),
-            'points_p50_ms': ms(self._points_ms.percentile(50)),
+            'qos_changes': str(counts.get('qos_changes', 0)),
+            'frame_id_changes': str(counts.get('frame_id_changes', 0)),
+            'time_jumps_back': str(counts.get('time_jumps_back', 0)),
+            'time_jumps_forward': str(counts.get('time_jumps_forward', 0)),
+            'clock_jumps': str(counts.get('clock_jumps', 0)),
+            'last_time_jump': self._last_jump,
+            'latency_excluded': str(counts.get('latency_excluded', 0)),
+            'points_p50_ms': ms(points.ms.percentile(50) if points else None),
+            'points_published': str(self.published.get('semantic/points', 0)),
             'points_skipped': str(counts.get('points_skipped', 0)),
             'points_failed': str(counts.get('points_failed', 0)),
+            'internal_errors': str(counts.get('internal_errors', 0)),
+            'last_rejected': self._last_reject,
             'last_error': self._error or stats.last_error or '',
         }
-        if self._error:
-            level, message = DiagnosticStatus.ERROR, self._error
-        elif self._state != 'active':
-            level, message = DiagnosticStatus.WARN, f'{self._state}: not segmenting'
-        elif stats.failed or counts.get('rejected', 0):
-            level = DiagnosticStatus.WARN
-            message = (f'{stats.failed} frame(s) failed, {counts.get("rejected", 0)} input(s) '
-                       'rejected')
-        else:
-            level, message = DiagnosticStatus.OK, f'segmenting at {values["output_hz"]} Hz'
         return DiagnosticStatus(
-            level=level, name=f'{self.get_fully_qualified_name()}: semantic segmentation',
-            message=message, hardware_id=self._device,
+            level=bytes([level]), name=f'{self.get_fully_qualified_name()}: semantic '
+            'segmentation', message=message, hardware_id=self._device,
             values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
     def publish_diagnostics(self) -> None:
-        """Publish one DiagnosticArray on /diagnostics (the 1 Hz timer calls this)."""
+        """Publish one DiagnosticArray on /diagnostics (the 1 Hz steady timer calls this)."""
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [self.diagnostics()]

@@ -21,6 +21,7 @@ so the three never disagree. ``config/segment.yaml`` is checked against the tabl
 """
 
 from dataclasses import dataclass, fields
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from cityseg_ros.errors import ConfigError
@@ -32,7 +33,7 @@ from rclpy.parameter import Parameter
 
 __all__ = ['Param', 'PARAMS', 'NodeParams', 'PRECISIONS', 'TTA_MODES', 'RELIABILITIES',
            'CAMERA_SETS', 'declare_params', 'read_params', 'check_values', 'markdown_table',
-           'on_set_parameters']
+           'on_set_parameters', 'ros_hint']
 
 Value = Union[str, int, float, bool, List[str]]
 
@@ -40,7 +41,7 @@ Value = Union[str, int, float, bool, List[str]]
 # table, the YAML check and the README need no torch import.
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 TTA_MODES = ('none', 'flip', 'multiscale')
-RELIABILITIES = ('best_effort', 'reliable')
+RELIABILITIES = ('auto', 'best_effort', 'reliable')
 CAMERA_SETS = (['left', 'right'], ['left'])
 #: Smallest network input side the engine accepts (engine.MIN_IMAGE_SIDE).
 MIN_INPUT_SIDE = 16
@@ -95,8 +96,10 @@ PARAMS: Tuple[Param, ...] = (
     Param('pair_tolerance_ms', 5.0,
           'largest stamp difference between the left and right image of a pair, ms',
           range=(0.0, 1000.0)),
-    Param('input_reliability', 'best_effort',
-          'input QoS reliability; best_effort (sensor data) also accepts reliable publishers',
+    Param('input_reliability', 'auto',
+          "input QoS reliability: 'auto' matches each topic's publishers (all reliable -> "
+          'reliable, any best_effort -> best_effort; looked at again every second), '
+          "'best_effort' (loses most large frames from reliable publishers) or 'reliable'",
           choices=RELIABILITIES),
     Param('input_depth', 5, 'input QoS history depth (keep last N)', range=(1, 100)),
     Param('autostart', True, 'segment_node walks configure and activate at start',
@@ -359,3 +362,29 @@ def markdown_table() -> str:
         lines.append(f'| `{param.name}` | {_format(param.default)} | {values} | {changes} '
                      f'| {description} |')
     return '\n'.join(lines) + '\n'
+
+
+_FLAG = re.compile(r'--([a-z][a-z0-9-]*)(?: (?!or\b)([^\s;,)]+))?')
+
+
+def ros_hint(text: str) -> str:
+    """Say a library hint the way a node user sets it: ``--weights FILE`` -> ``weights:=FILE``.
+
+    The Segmenter's and checkpoint loader's messages are shared with the command-line tools,
+    whose flags mean nothing to ``ros2 run``/``ros2 launch``; flags that are node parameters
+    become ``name:=value`` (``-p name:=value`` on the command line). Commands a user runs in a
+    shell (``fetch_weights --model M``) keep their flags.
+    """
+    def replace(match: 're.Match') -> str:
+        name = match.group(1).replace('-', '_')
+        if name not in _BY_NAME:
+            return match.group(0)
+        if name == 'model' and 'fetch_weights' in text[max(0, match.start() - 16):match.start()]:
+            return match.group(0)  # "run fetch_weights --model M": a shell command
+        value = match.group(2) or 'VALUE'
+        return f'{name}:={value}'
+
+    text = re.sub(r'--input-size (\d+)x(\d+)', r'input_height:=\1 input_width:=\2', text)
+    text = _FLAG.sub(replace, text)
+    text = re.sub(r'\bpass (\w+:=)', r'set \1', text)
+    return text.replace('or pass a file', 'or set weights:=FILE (-p weights:=FILE)')

@@ -17,9 +17,15 @@
 A reliable subscriber never hears a best-effort publisher, and DDS says so only through an
 event; without a handler "no output" has no explanation. The handlers here log one line that
 names the topic, both sides' policies and the parameter or setting that fixes it.
+
+``input_reliability: auto`` picks the subscription's reliability from the publishers' QoS, as
+rosbag2's recorder and ``ros2 topic echo`` adapt to what they find: all reliable -> reliable
+(a best-effort subscription drops most fragments of a 2-megapixel image between processes),
+any best_effort -> best_effort (a reliable one would hear nothing), none yet -> best_effort
+for now and look again later (:func:`choose_reliability`).
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 from rclpy.event_handler import (PublisherEventCallbacks, QoSOfferedIncompatibleQoSInfo,
                                  QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks)
@@ -27,7 +33,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfil
                        ReliabilityPolicy)
 
 __all__ = ['input_qos', 'output_qos', 'describe_incompatible', 'subscription_event_callbacks',
-           'publisher_event_callbacks']
+           'publisher_event_callbacks', 'choose_reliability']
 
 Warn = Callable[[str], None]
 
@@ -50,6 +56,27 @@ def input_qos(reliability: str = 'best_effort', depth: int = 5) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=_RELIABILITY[reliability],
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def choose_reliability(publishers: Sequence[QoSProfile]) -> Tuple[str, str, bool]:
+    """Pick the input reliability that matches the publishers of one topic.
+
+    Args:
+        publishers: the QoS of every publisher on the topic (``get_publishers_info_by_topic``).
+
+    Returns:
+        (reliability, reason, settled): 'reliable' or 'best_effort'; a few words for the log
+        line; False while no publisher is known (best_effort hears either kind meanwhile, and
+        the choice must be made again once one appears).
+    """
+    if not publishers:
+        return 'best_effort', 'no publisher yet (best_effort hears either kind)', False
+    kinds = [_name(p.reliability) for p in publishers]
+    count = f'{len(kinds)} publisher{"s" if len(kinds) > 1 else ""}'
+    if all(kind == 'reliable' for kind in kinds):
+        return 'reliable', f'{count}, all reliable', True
+    best_effort = sum(kind == 'best_effort' for kind in kinds)
+    return 'best_effort', f'{count}, {best_effort} best_effort', True
 
 
 def output_qos(depth: int = 1) -> QoSProfile:
@@ -91,7 +118,8 @@ def describe_incompatible(topic: str, policy_kind: int, own: QoSProfile,
         if own_side == 'subscription':
             return (f'publisher on {topic} offers best_effort but this subscription wants '
                     f'{_name(own.reliability)}: no messages pass; set '
-                    'input_reliability:=best_effort or make the publisher reliable')
+                    'input_reliability:=auto or input_reliability:=best_effort, or make the '
+                    'publisher reliable')
         return (f'subscriber on {topic} wants reliable but this publisher offers '
                 f'{_name(own.reliability)}: it gets nothing; make the subscriber best_effort')
     if kind == QoSPolicyKind.DURABILITY:
@@ -107,7 +135,9 @@ def describe_incompatible(topic: str, policy_kind: int, own: QoSProfile,
 
 
 def subscription_event_callbacks(topic: str, qos: QoSProfile, warn: Warn,
-                                 on_event: Optional[Callable[[], None]] = None
+                                 on_event: Optional[Callable[[], None]] = None,
+                                 on_matched: Optional[Callable[[], None]] = None,
+                                 on_lost: Optional[Callable[[int], None]] = None
                                  ) -> SubscriptionEventCallbacks:
     """Return event callbacks that warn when a publisher's QoS cannot reach this subscription.
 
@@ -115,14 +145,21 @@ def subscription_event_callbacks(topic: str, qos: QoSProfile, warn: Warn,
         topic: the subscription's topic, for the message.
         qos: the subscription's QoS.
         warn: where the line goes, e.g. ``node.get_logger().warning``.
-        on_event: also called per event (e.g. to count it for diagnostics).
+        on_event: also called per incompatible-QoS event (e.g. to count it for diagnostics).
+        on_matched: called when a publisher connects or leaves (to re-check the QoS choice).
+        on_lost: called with the number of samples the middleware reports lost (best-effort
+            fragments that never arrived).
     """
     def incompatible(info: QoSRequestedIncompatibleQoSInfo) -> None:
         warn(describe_incompatible(topic, info.last_policy_kind, qos, 'subscription'))
         if on_event is not None:
             on_event()
 
-    return SubscriptionEventCallbacks(incompatible_qos=incompatible)
+    matched = (lambda info: on_matched()) if on_matched is not None else None
+    lost = (lambda info: on_lost(int(info.total_count_change))) if on_lost is not None \
+        else None
+    return SubscriptionEventCallbacks(incompatible_qos=incompatible, matched=matched,
+                                      message_lost=lost)
 
 
 def publisher_event_callbacks(topic: str, qos: QoSProfile, warn: Warn,

@@ -389,7 +389,7 @@ def test_worker_errors_are_counted_and_the_node_goes_on(harness, stereo_pair):
     ('input_height', 512, 'set both'),
     ('input_width', 8, 'too small'),
     ('cameras', ['right'], "must be ['left', 'right'] or ['left']"),
-    ('input_reliability', 'sometimes', 'not one of best_effort, reliable'),
+    ('input_reliability', 'sometimes', 'not one of auto, best_effort, reliable'),
     ('model', 'hrnet_w48_ocr', 'read-only'),
     ('max_rate_hz', -1.0, 'max_rate_hz'),
 ])

@@ -52,7 +52,7 @@ def points_harness(harness):
     h.listen(f'{h.ns}/left/semantic/labels')
     h.start()
     h.wait_connected()
-    assert h.spin_until(lambda: h.seg_node._points_pub.get_subscription_count() >= 1)
+    assert h.spin_until(lambda: h.seg_node._points.wanted())
     return h
 
 
@@ -61,7 +61,8 @@ def test_points_are_published_with_the_left_header(points_harness, stereo_pair):
     stamp = now_ns(h.io)
     for cam, pub in h.info_pubs.items():
         pub.publish(camera_info(cam, stamp))
-    assert h.spin_until(lambda: len(h.seg_node._camera_info) == 2)
+    assert h.spin_until(lambda: all(h.seg_node._points.has_camera_info(c)
+                                    for c in ('left', 'right')))
     h.publish_pair(stereo_pair, stamp)  # right is paired for the cloud, not segmented
     assert h.spin_until(lambda: h.clouds)
     cloud = h.clouds[0]
@@ -85,7 +86,8 @@ def test_zero_baseline_is_refused(points_harness, stereo_pair):
     stamp = now_ns(h.io)
     for cam, pub in h.info_pubs.items():
         pub.publish(camera_info('left', stamp))  # right with tx = 0: no baseline
-    assert h.spin_until(lambda: len(h.seg_node._camera_info) == 2)
+    assert h.spin_until(lambda: all(h.seg_node._points.has_camera_info(c)
+                                    for c in ('left', 'right')))
     h.publish_pair(stereo_pair, stamp)
     assert h.spin_until(lambda: h.seg_node.counters.get('points_skipped', 0) >= 1)
     assert not h.clouds
@@ -97,4 +99,4 @@ def test_points_parameters_are_checked(points_harness):
     result = node.set_parameters([Parameter('stereo_block_size', value=4)])[0]
     assert not result.successful and 'block_size' in result.reason
     result = node.set_parameters([Parameter('points_decimation', value=2)])[0]
-    assert result.successful and node._stereo is None
+    assert result.successful and node._points.settings.decimation == 2

@@ -1,0 +1,218 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The node's health in one level and one sentence, from counters over a recent window.
+
+DESIGN.md: "/diagnostics never says OK while input arrives and nothing comes out". The node
+hands cumulative counters to a :class:`CounterWindow` at every report; :func:`assess` compares
+what came in with what went out over the last few seconds and, when nothing went out, says why
+in the order a user would look: a camera that sends nothing, inputs all rejected, no partner
+within the tolerance, loss in transport, the rate limit, nobody subscribing, the model failing
+or still busy. Pure functions and plain data, so every rule is tested without spinning.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ['CounterWindow', 'Facts', 'assess', 'OK', 'WARN', 'ERROR', 'WINDOW_S']
+
+# diagnostic_msgs/DiagnosticStatus levels (bytes there; ints here, no message import).
+OK, WARN, ERROR = 0, 1, 2
+#: Shortest window the judgement looks back over, seconds; longer for slow models and rates.
+WINDOW_S = 3.0
+#: Longest window, seconds (a model that needs longer per pair is reported as busy).
+MAX_WINDOW_S = 60.0
+
+
+class CounterWindow:
+    """Cumulative counters sampled over time; deltas over the last ``seconds``.
+
+    Args:
+        start: the time (monotonic s) the counters were all zero.
+        maxlen: samples kept (reports come about once a second): memory stays bounded.
+    """
+
+    def __init__(self, start: float, maxlen: int = 128) -> None:
+        self._samples: Deque[Tuple[float, Dict[str, int]]] = deque([(start, {})], maxlen=maxlen)
+
+    def add(self, now: float, counts: Mapping[str, int],
+            seconds: float = WINDOW_S) -> Tuple[float, Dict[str, int]]:
+        """Record ``counts`` at ``now``; return (seconds covered, counts minus those then).
+
+        The base is the newest sample at least ``seconds`` old (or the oldest there is), so
+        the deltas cover at least ``seconds`` once the node has run that long.
+        """
+        counts = dict(counts)
+        base_t, base = self._samples[0]
+        for t, sample in self._samples:
+            if now - t >= seconds:
+                base_t, base = t, sample
+            else:
+                break
+        while self._samples and self._samples[0][0] < base_t:
+            self._samples.popleft()
+        self._samples.append((now, counts))
+        delta = {k: v - base.get(k, 0) for k, v in counts.items()}
+        return max(now - base_t, 1e-3), delta
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What :func:`assess` judges; ``delta`` holds counter increases over ``window_s``.
+
+    Counter keys: ``C_images`` and ``C_lost`` per input camera ``C``, ``pairs``, ``unpaired``,
+    ``rejected``, ``rate_limited``, ``submitted``, ``published_pairs``, ``failed``,
+    ``skipped_no_subscribers``, ``incompatible_qos``, ``dds_lost_samples``, ``time_jumps``,
+    ``points_failed``, ``points_skipped``.
+    """
+
+    state: str
+    cameras: Sequence[str]
+    window_s: float
+    delta: Mapping[str, int]
+    error: Optional[str] = None
+    publishers: Mapping[str, int] = field(default_factory=dict)
+    reliability: Mapping[str, str] = field(default_factory=dict)
+    images_ever: int = 0
+    tolerance_ms: float = 0.0
+    stamp_gap_ms: Optional[float] = None
+    max_rate_hz: float = 0.0
+    busy_for_s: Optional[float] = None
+    last_error: str = ''
+    last_reject: str = ''
+    last_jump: str = ''
+
+
+def window_seconds(inference_p95_ms: Optional[float], max_rate_hz: float) -> float:
+    """Window long enough for two outputs of a slow model or a low ``max_rate_hz``."""
+    seconds = WINDOW_S
+    if inference_p95_ms:
+        seconds = max(seconds, 2.0 * inference_p95_ms / 1e3)
+    if max_rate_hz > 0.0:
+        seconds = max(seconds, 2.0 / max_rate_hz)
+    return min(seconds, MAX_WINDOW_S)
+
+
+def assess(facts: Facts) -> Tuple[int, str]:
+    """Return (level, message) for the node's DiagnosticStatus."""
+    if facts.error:
+        return ERROR, facts.error
+    if facts.state != 'active':
+        return WARN, f'{facts.state}: not segmenting'
+    d = facts.delta
+    images = {cam: d.get(f'{cam}_images', 0) for cam in facts.cameras}
+    total = sum(images.values())
+    lost = sum(d.get(f'{cam}_lost', 0) for cam in facts.cameras)
+    if total == 0:
+        return _no_input(facts)
+    published = d.get('published_pairs', 0)
+    window = f'{facts.window_s:.0f} s'
+    if published == 0:
+        return WARN, (f'input arrives ({total} images in {window}) but nothing is published: '
+                      f'{_why_nothing(facts, images, lost)}')
+    rate = f'segmenting at {published / facts.window_s:.2f} Hz'
+    notes = _degraded(facts, lost)
+    if notes:
+        return WARN, f'{rate}; ' + '; '.join(notes)
+    return OK, rate
+
+
+def _topic(cam: str) -> str:
+    return f'{cam}/image_rect_color'
+
+
+def _loss_hint(facts: Facts, cams: Sequence[str]) -> str:
+    best_effort = [c for c in cams if facts.reliability.get(c) == 'best_effort']
+    if best_effort:
+        return ('best_effort input loses large images in transport: make the camera publish '
+                'reliable (input_reliability auto then follows) or use '
+                'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both sides')
+    return ('the input queue overflows while the node is busy, or the transport drops '
+            'frames: raise input_depth or lower the camera rate')
+
+
+def _no_input(facts: Facts) -> Tuple[int, str]:
+    d = facts.delta
+    if d.get('incompatible_qos', 0):
+        return WARN, ("no images: a publisher's QoS cannot reach the subscription (see the "
+                      'log line); set input_reliability:=auto')
+    silent = [c for c in facts.cameras if facts.publishers.get(c, 0) > 0]
+    if silent:
+        topics = ', '.join(_topic(c) for c in silent)
+        return WARN, (f'no images arrive in {facts.window_s:.0f} s although {topics} '
+                      f'{"has" if len(silent) == 1 else "have"} publishers: '
+                      f'{_loss_hint(facts, silent)}')
+    topics = ', '.join(_topic(c) for c in facts.cameras)
+    if facts.images_ever:
+        return WARN, f'images stopped: nothing on {topics} for {facts.window_s:.0f} s'
+    return OK, f'waiting for images on {topics}'
+
+
+def _why_nothing(facts: Facts, images: Mapping[str, int], lost: int) -> str:
+    d = facts.delta
+    silent = [c for c, n in images.items() if n == 0]
+    if silent:
+        sending = ', '.join(f'{n} {c}' for c, n in images.items() if n)
+        why = (f'no {" or ".join(silent)} images arrive ({sending}), so no pair can form '
+               f'(no partner)')
+        if lost or any(facts.publishers.get(c, 0) for c in silent):
+            why += f'; {_loss_hint(facts, silent)}'
+        return why
+    pairs, rejected = d.get('pairs', 0), d.get('rejected', 0)
+    if rejected and not pairs:
+        return f'every pair is rejected ({rejected} inputs), latest: {facts.last_reject}'
+    unpaired = d.get('unpaired', 0)
+    if unpaired and not pairs:
+        gap = ('' if facts.stamp_gap_ms is None else
+               f'; the latest stamps differ by {facts.stamp_gap_ms:.1f} ms')
+        why = (f'no partner: {unpaired} images found no partner within pair_tolerance_ms='
+               f'{facts.tolerance_ms:g}{gap}')
+        if lost:
+            why += f'; {lost} images lost before the node: {_loss_hint(facts, images)}'
+        elif facts.stamp_gap_ms is not None and facts.stamp_gap_ms > facts.tolerance_ms:
+            why += ('; synchronise the cameras (equal stamps) or raise pair_tolerance_ms')
+        return why
+    if lost and not pairs:
+        return f'{lost} images lost before the node: {_loss_hint(facts, images)}'
+    if pairs and d.get('rate_limited', 0) >= pairs:
+        return f'rate limit: max_rate_hz={facts.max_rate_hz:g} skipped all {pairs} pairs'
+    if d.get('skipped_no_subscribers', 0):
+        return 'no subscribers: nobody subscribes to any output, so nothing is computed'
+    if d.get('failed', 0):
+        return f'segmentation failed {d["failed"]} times, latest: {facts.last_error}'
+    if facts.busy_for_s is not None:
+        return f'the model has been busy on one pair for {facts.busy_for_s:.1f} s'
+    if rejected:
+        return f'{rejected} inputs rejected, latest: {facts.last_reject}'
+    if not pairs:
+        return 'no pair formed yet'
+    return f'{pairs} pairs formed, none published yet'
+
+
+def _degraded(facts: Facts, lost: int) -> List[str]:
+    """Problems worth a WARN although output flows."""
+    d = facts.delta
+    notes = []
+    if d.get('failed', 0):
+        notes.append(f'{d["failed"]} frame(s) failed, latest: {facts.last_error}')
+    if d.get('rejected', 0):
+        notes.append(f'{d["rejected"]} input(s) rejected, latest: {facts.last_reject}')
+    if lost:
+        notes.append(f'{lost} images lost before the node')
+    if d.get('points_failed', 0):
+        notes.append(f'semantic/points failed {d["points_failed"]} times (labels published)')
+    if d.get('time_jumps', 0):
+        notes.append(f'recovered from a time jump ({facts.last_jump})')
+    return notes
