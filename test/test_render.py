@@ -60,3 +60,34 @@ def test_legend_has_a_row_per_class():
     img = render.legend(row_height=20)
     assert img.shape[0] == 20 * len(CLASS_NAMES)
     assert (img[5, 5] == PALETTE[0]).all()
+
+
+def test_colorize_and_overlay_follow_a_label_space():
+    from cityseg_ros.label_spaces import get_label_space
+    space = get_label_space('labelid')
+    rng = np.random.default_rng(2)
+    train_ids = rng.integers(0, 19, (16, 24), dtype=np.uint8)
+    train_ids[:2] = 255
+    ids = space.map(train_ids)
+    color = render.colorize(ids, palette=space.palette)
+    assert (color == space.palette[ids]).all()
+    assert (color[2:] == PALETTE[train_ids[2:]]).all()  # same classes, same official colours
+    photo = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    out = render.overlay(photo, ids, 0.5, palette=space.palette, ignore_id=space.ignore_id)
+    assert (out[:2] == photo[:2]).all()  # labelId 0 ('unlabeled') shows the photo
+    assert (render.overlay(photo, ids, 0.5, color=color, ignore_id=0) == out).all()
+    blended = render.overlay(photo, ids, 0.5, palette=space.palette, ignore_id=None)
+    assert (blended[:2] != photo[:2]).any()
+
+
+def test_colorize_rejects_a_bad_palette(labels):
+    with pytest.raises(ValueError, match='palette'):
+        render.colorize(labels, palette=np.zeros((19, 3), np.uint8))
+
+
+def test_legend_lists_a_label_space():
+    from cityseg_ros.label_spaces import get_label_space
+    space = get_label_space('category')
+    img = render.legend(row_height=20, names=space.names, palette=space.palette)
+    assert img.shape[0] == 20 * len(space.names)
+    assert (img[25, 5] == space.palette[1]).all()  # row 1: 'flat'
