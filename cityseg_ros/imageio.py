@@ -21,6 +21,7 @@ line, not 5.6 GB of memory. Formats it cannot read a header of are refused.
 """
 
 from dataclasses import dataclass
+import os
 from pathlib import Path
 import struct
 from typing import Any, Iterable, Iterator, Optional, Union
@@ -402,15 +403,21 @@ def write_png(path: PathLike, image: np.ndarray) -> None:
         raise ImageError(f'cannot write {path}: {exc.strerror or exc}') from None
 
 
-def find_images(paths: Iterable[PathLike]) -> Iterator[Path]:
+def find_images(paths: Iterable[PathLike], exclude: Optional[PathLike] = None) -> Iterator[Path]:
     """Expand files and directories (searched recursively, sorted) into image files.
 
     Inside a directory only regular files with an image suffix count (a directory named
-    ``x.png`` does not); a path given explicitly is passed on as it is, to be checked.
+    ``x.png`` does not), and nothing under ``exclude`` (an output directory inside the input
+    tree, so a second run does not segment the first run's results). A path given explicitly
+    is passed on as it is, to be checked.
     """
+    skip = Path(os.path.realpath(exclude)) if exclude is not None else None
     for path in map(Path, paths):
         if path.is_dir():
-            yield from sorted(p for p in path.rglob('*')
-                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = (p for p in path.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+            if skip is not None:
+                found = (p for p in found
+                         if not Path(os.path.realpath(p)).is_relative_to(skip))
+            yield from sorted(p for p in found if p.is_file())
         else:
             yield path

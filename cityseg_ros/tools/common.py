@@ -25,21 +25,43 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # argparse's own code for usage errors
 
 
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make usage errors one stderr line (argparse prints the whole usage first), exit 2.
+
+    Sub-command parsers get the same treatment.
+    """
+    def error(message: str) -> None:
+        parser.exit(EXIT_BAD_INPUT, f'{parser.prog}: error: {_one_line(message)} '
+                                    f'(see {parser.prog} --help)\n')
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:  # argparse has no public accessor for sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _one_line_errors(sub)
+
+
+def _one_line(text: str) -> str:
+    return ' '.join(str(text).split())
+
+
 def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
             run: Callable[[argparse.Namespace], int],
             argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, call ``run`` and turn our errors into one stderr line and exit code 2.
 
     Only :class:`CitysegError` is caught: anything else is a bug and keeps its traceback.
+    Usage errors (a bad option value) are one line too, with argparse's exit code 2.
     """
     parser = build_parser()
+    _one_line_errors(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO,
                         format='%(levelname)s %(name)s: %(message)s')
     try:
         return run(args)
     except CitysegError as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+        print(f'{parser.prog}: error: {_one_line(exc)}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f'{parser.prog}: interrupted', file=sys.stderr)

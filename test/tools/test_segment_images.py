@@ -13,6 +13,11 @@
 # limitations under the License.
 
 from fractions import Fraction
+import os
+import struct
+import subprocess
+import sys
+import zlib
 
 from cityseg_ros.imageio import read_rgb, write_png
 from cityseg_ros.tools import segment_images
@@ -91,7 +96,7 @@ def test_bad_images_exit_2_with_one_line(tmp_path, capsys, bad_inputs, case, mes
 
 def test_missing_weights_file_exit_2(tmp_path, capsys, bad_inputs):
     code, err = _run(capsys, '--weights', tmp_path / 'nope.pth', '--out', tmp_path,
-                     bad_inputs['not_png'])
+                     bad_inputs['tiny'])
     assert code == 2 and 'nope.pth' in err and 'Traceback' not in err
 
 
@@ -117,3 +122,217 @@ def test_pickle_that_is_not_a_state_dict_exit_2(tmp_path, capsys, payload):
     code, err = _run(capsys, '--weights', bad, '--out', tmp_path / 'o', src)
     assert code == 2 and 'Traceback' not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- files with the same name, bombs, bad options and bad inputs (issue 11 items 10, 12, 13) --
+
+FAST = ('--weights', 'none', '--device', 'cpu', '--input-size', '64x128', '--quiet')
+
+
+def png_bomb(width: int, height: int, rows_per_block: int = 100) -> bytes:
+    """Return a valid RGB PNG of zeros, built without compressing all its pixels.
+
+    After a full flush deflate restarts, so one compressed block of zero rows repeats; zlib's
+    adler32 of n zero bytes is ``(n % 65521) << 16 | 1``. 30000x30000 gives 2.6 MB.
+    """
+    row = b'\x00' * (1 + 3 * width)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = row * rows_per_block
+    first = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    unit = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    stream = (b'\x78\xda' + first + unit * (height // rows_per_block - 1)
+              + comp.flush(zlib.Z_FINISH)
+              + struct.pack('>I', ((height * len(row)) % 65521) << 16 | 1))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data)))
+
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', stream)
+            + chunk(b'IEND', b''))
+
+
+def _image(path, h=48, w=64, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return path
+
+
+def _one_error_line(code, err):
+    assert code == 2, err
+    assert 'Traceback' not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_same_name_in_two_directories_keeps_the_layout(tmp_path, capsys):
+    a = _image(tmp_path / 'in' / 'a' / 'x.png', seed=1)
+    b = _image(tmp_path / 'in' / 'b' / 'x.png', seed=2)
+    out = tmp_path / 'out'
+    code = segment_images.main([str(a), str(b), '--out', str(out), *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (out / 'a' / 'x_trainIds.png').is_file() and (out / 'b' / 'x_trainIds.png').is_file()
+    assert not (out / 'x_trainIds.png').exists()
+    assert 'wrote 2 result(s)' in captured.out
+
+
+def test_distinct_names_stay_flat_and_a_file_named_twice_counts_once(tmp_path, capsys):
+    a = _image(tmp_path / 'a' / 'x.png')
+    b = _image(tmp_path / 'b' / 'y.png')
+    out = tmp_path / 'out'
+    code = segment_images.main([str(a), str(b), str(tmp_path / 'a' / '..' / 'a' / 'x.png'),
+                                '--out', str(out), *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(p.name for p in out.iterdir()) == ['x_trainIds.png', 'y_trainIds.png']
+    assert 'wrote 2 result(s)' in captured.out
+
+
+def test_two_inputs_one_stem_in_one_directory_are_refused(tmp_path, capsys):
+    _image(tmp_path / 'd' / 'x.png')
+    _image(tmp_path / 'e' / 'x.png')
+    jpg = tmp_path / 'd' / 'x.jpg'
+    import cv2
+    cv2.imwrite(str(jpg), np.zeros((48, 64, 3), np.uint8))
+    code, err = _run(capsys, tmp_path / 'd', tmp_path / 'e', '--out', tmp_path / 'out', *FAST)
+    _one_error_line(code, err)
+    assert 'would both be written' in err and 'x.jpg' in err
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(tmp_path, capsys):
+    out = tmp_path / 'out'
+    victim = _image(out / 'y_trainIds.png')
+    src = _image(tmp_path / 'src' / 'y.png')
+    code, err = _run(capsys, src, victim, '--out', out, *FAST)
+    _one_error_line(code, err)
+    assert 'is also an input' in err
+
+
+def test_outputs_inside_the_input_tree_are_not_segmented_again(tmp_path, capsys):
+    _image(tmp_path / 'frames' / 'f.png')
+    out = tmp_path / 'frames' / 'seg'
+    for _ in range(2):
+        code = segment_images.main([str(tmp_path / 'frames'), '--out', str(out), *FAST])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert 'wrote 1 result(s)' in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ['f_trainIds.png']
+
+
+def test_png_bomb_is_refused_from_its_header_under_a_memory_limit(tmp_path):
+    bomb = tmp_path / 'bomb.png'
+    bomb.write_bytes(png_bomb(30000, 30000))
+    assert bomb.stat().st_size < 3_000_000
+    code = ('import resource, sys\n'
+            'resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n'
+            'from cityseg_ros.tools import segment_images\n'
+            'sys.exit(segment_images.main(sys.argv[1:]))\n')
+    result = subprocess.run([sys.executable, '-c', code, *FAST, '--out', str(tmp_path / 'o'),
+                             str(bomb)], capture_output=True, text=True, timeout=300)
+    _one_error_line(result.returncode, result.stderr)
+    assert '30000x30000 = 900000000 pixels, more than the limit of 100000000' in result.stderr
+    assert '--max-image-pixels' in result.stderr
+
+
+def test_max_image_pixels_is_the_documented_limit_and_can_be_changed(tmp_path, capsys):
+    src = _image(tmp_path / 'img.png', 48, 64)
+    code, err = _run(capsys, src, '--out', tmp_path / 'o', '--max-image-pixels', 3000, *FAST)
+    _one_error_line(code, err)
+    assert '64x48 = 3072 pixels, more than the limit of 3000' in err
+    assert segment_images.main([str(src), '--out', str(tmp_path / 'o'),
+                                '--max-image-pixels', '3072', *FAST]) == 0
+
+
+@pytest.mark.parametrize('option, message', [
+    (('--input-size', '100000x100000'), '1..8192'),
+    (('--input-size', '0x128'), '1..8192'),
+    (('--input-size=-64x128',), '1..8192'),
+    (('--input-size', 'nanxnan'), 'not HxW'),
+    (('--input-size', '64'), 'not HxW'),
+    (('--batch-size', '0'), '>= 1'),
+    (('--batch-size', '100000'), 'at most 64'),
+    (('--alpha', 'nan'), '[0, 1]'),
+    (('--alpha', '1.5'), '[0, 1]'),
+    (('--max-image-pixels', '0'), '>= 1'),
+    (('--max-image-pixels', '1e9'), 'not an integer'),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, option, message):
+    src = _image(tmp_path / 'img.png')
+    with pytest.raises(SystemExit) as info:
+        segment_images.main([str(src), '--out', str(tmp_path / 'o'), '--weights', 'none',
+                             *option])
+    err = capsys.readouterr().err
+    _one_error_line(info.value.code, err)
+    assert message in err and option[0].split('=')[0] in err
+
+
+def test_out_that_is_a_file_exit_2(tmp_path, capsys):
+    src = _image(tmp_path / 'img.png')
+    out = tmp_path / 'out.txt'
+    out.write_text('not a directory')
+    code, err = _run(capsys, src, '--out', out, *FAST)
+    _one_error_line(code, err)
+    assert 'is not a directory' in err
+    assert out.read_text() == 'not a directory'
+
+
+def test_out_under_a_file_exit_2(tmp_path, capsys):
+    src = _image(tmp_path / 'img.png')
+    (tmp_path / 'file').write_text('x')
+    code, err = _run(capsys, src, '--out', tmp_path / 'file' / 'out', *FAST)
+    _one_error_line(code, err)
+    assert 'cannot be created' in err
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    empty = tmp_path / 'empty.png'
+    empty.write_bytes(b'')
+    folder = tmp_path / 'folder.png'
+    folder.mkdir()
+    fifo = tmp_path / 'fifo.png'
+    os.mkfifo(fifo)
+    dangling = tmp_path / 'dangling.png'
+    dangling.symlink_to(tmp_path / 'nowhere.png')
+    full = _image(tmp_path / 'full.png')
+    truncated = tmp_path / 'truncated.png'
+    truncated.write_bytes(full.read_bytes()[:200])
+    header_only = tmp_path / 'header_only.png'
+    header_only.write_bytes(full.read_bytes()[:20])
+    jpeg_bomb = tmp_path / 'huge.jpg'
+    import cv2
+    ok, buf = cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8))
+    data = buf.tobytes()
+    sof = data.find(b'\xff\xc0')
+    jpeg_bomb.write_bytes(data[:sof + 5] + struct.pack('>HH', 60000, 60000) + data[sof + 9:])
+    unknown = tmp_path / 'unknown.webp'
+    unknown.write_bytes(b'GIF89a' + bytes(100))
+    return {'empty': empty, 'folder': folder, 'fifo': fifo, 'dangling': dangling,
+            'truncated': truncated, 'header_only': header_only, 'jpeg_bomb': jpeg_bomb,
+            'unknown': unknown}
+
+
+@pytest.mark.parametrize('case, message', [
+    ('empty', 'empty (0 bytes)'),
+    ('folder', 'no image files found'),
+    ('fifo', 'not a regular file'),
+    ('dangling', 'not found'),
+    ('truncated', 'not a readable image'),
+    ('header_only', 'truncated'),
+    ('jpeg_bomb', '60000x60000'),
+    ('unknown', 'not a readable image'),
+])
+def test_hostile_inputs_exit_2_with_one_line(tmp_path, capsys, hostile, case, message):
+    code, err = _run(capsys, hostile[case], '--out', tmp_path / 'out', *FAST)
+    _one_error_line(code, err)
+    assert message in err
+
+
+def test_directories_named_like_images_inside_an_input_directory_are_skipped(tmp_path, capsys):
+    _image(tmp_path / 'in' / 'real.png')
+    (tmp_path / 'in' / 'fake.png').mkdir()
+    code = segment_images.main([str(tmp_path / 'in'), '--out', str(tmp_path / 'out'), *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert 'wrote 1 result(s)' in captured.out
