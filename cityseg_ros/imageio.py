@@ -186,6 +186,8 @@ def _tiff(view: memoryview, what: str) -> ImageInfo:
 
 def _webp(view: memoryview, what: str) -> ImageInfo:
     chunk = bytes(view[12:16])
+    if len(chunk) < 4:
+        raise _Truncated
     if chunk == b'VP8X':  # extended: 24-bit canvas width - 1, height - 1
         raw = _unpack('<6B', view, 24)
         return ImageInfo('webp', 1 + (raw[0] | raw[1] << 8 | raw[2] << 16),

@@ -282,3 +282,21 @@ def test_real_frame_jpeg_95_decodes_close_to_the_png(cityscapes_root):
     out = decode_compressed(_msg(fmt, data))
     assert out.shape == (1024, 2048, 3)
     assert np.abs(out.astype(np.int16) - rgb).mean() < 2.0
+
+
+@pytest.mark.parametrize('ext, codec', [('.png', 'png'), ('.jpg', 'jpeg'), ('.bmp', 'bmp'),
+                                        ('.ppm', 'pnm'), ('.pgm', 'pnm'), ('.tiff', 'tiff'),
+                                        ('.webp', 'webp')])
+def test_probe_reads_the_size_of_every_format_before_decoding(ext, codec):
+    from cityseg_ros.imageio import decode_image, probe_image
+    shape = (37, 53) if ext == '.pgm' else (37, 53, 3)
+    ok, buf = cv2.imencode(ext, np.random.default_rng(4).integers(0, 256, shape, np.uint8))
+    assert ok
+    info = probe_image(buf.tobytes())
+    assert (info.codec, info.width, info.height) == (codec, 53, 37)
+    with pytest.raises(ImageError, match='more than the limit'):
+        probe_image(buf, max_pixels=53 * 37 - 1)
+    image, info = decode_image(buf, max_pixels=53 * 37)
+    assert image.shape[:2] == (37, 53)
+    with pytest.raises(ImageError, match='truncated|corrupt'):
+        probe_image(buf.tobytes()[:{'tiff': 9, 'pnm': 5}.get(codec, 12)])
