@@ -273,10 +273,11 @@ def _decode_view(view: memoryview, info: ImageInfo, what: str) -> np.ndarray:
         # OpenCV 4 returns a grey-filled image for a JPEG cut short (5 refuses it): a complete
         # one has a scan (SOS) after its frame header and an end-of-image marker after that.
         # Searching from the SOF skips an EXIF thumbnail's own markers (they come before it).
-        raw = bytes(view[info.offset:])
-        scan = raw.find(b'\xff\xda')
-        if scan < 0 or raw.find(b'\xff\xd9', scan) < 0:
-            raise ImageError(f'{what} is a truncated JPEG (no end-of-image marker)')
+        if bytes(view[-2:]) != b'\xff\xd9':  # else search (data may follow the image)
+            raw = bytes(view[info.offset:])
+            scan = raw.find(b'\xff\xda')
+            if scan < 0 or raw.find(b'\xff\xd9', scan) < 0:
+                raise ImageError(f'{what} is a truncated JPEG (no end-of-image marker)')
     try:
         image = cv2.imdecode(np.frombuffer(view, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
