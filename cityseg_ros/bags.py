@@ -55,9 +55,11 @@ from ruamel.yaml import YAML
 __all__ = [
     'TOPIC_LEFT_IMAGE', 'TOPIC_RIGHT_IMAGE', 'TOPIC_LEFT_INFO', 'TOPIC_RIGHT_INFO',
     'TOPIC_GT_LABEL_IDS', 'TOPIC_GT_INSTANCE_IDS', 'STORAGES', 'DEFAULT_TOLERANCE_NS',
-    'COLOR_ENCODINGS', 'IMAGE_TYPE', 'CAMERA_INFO_TYPE', 'MAX_MESSAGE_BYTES', 'MAX_CHUNK_BYTES',
-    'TopicInfo', 'Frame', 'ImageRecord', 'CameraCalibration', 'CameraInfoRecord',
-    'image_msg', 'camera_info_msg', 'image_to_numpy', 'calibration_from_msg', 'stamp_to_ns',
+    'COLOR_ENCODINGS', 'IMAGE_TYPE', 'COMPRESSED_IMAGE_TYPE', 'IMAGE_TYPES', 'CAMERA_INFO_TYPE',
+    'MAX_MESSAGE_BYTES', 'MAX_CHUNK_BYTES', 'MAX_IMAGE_PIXELS', 'JPEG_QUALITY',
+    'TopicInfo', 'Frame', 'ImageRecord', 'MessageRecord', 'CameraCalibration',
+    'CameraInfoRecord', 'image_msg', 'compressed_image_msg', 'camera_info_msg', 'image_to_numpy',
+    'decode_image', 'check_label_image', 'calibration_from_msg', 'stamp_to_ns',
     'BagWriter', 'BagReader',
 ]
 
@@ -82,16 +84,21 @@ DEFAULT_TOLERANCE_NS = 10_000_000
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 
+COMPRESSED_IMAGE_TYPE = 'sensor_msgs/msg/CompressedImage'
+#: Message types an image topic may hold.
+IMAGE_TYPES: tuple[str, ...] = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
+
 _WRITE_LAYOUTS = {'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16', '16UC1', '32SC1', '32FC1'}
-_INSTANCE_ENCODINGS = ('mono16', '16UC1', '32SC1')
-_LABEL_ENCODINGS = ('mono8', '8UC1')
-_IMAGE_TYPES = (IMAGE_TYPE,)
 
 #: Largest message the reader accepts (after per-message decompression): a 4K rgb16 image is
 #: 50 MB. With the readers' bounded queues this keeps a crafted bag within a few GiB.
 MAX_MESSAGE_BYTES = 64 * 2**20
 #: Largest mcap chunk, compressed or inflated: a chunk holds at least one whole message.
 MAX_CHUNK_BYTES = 2 * MAX_MESSAGE_BYTES
+#: Largest CompressedImage the reader decodes, pixels: as large as a raw rgb8 message may be.
+MAX_IMAGE_PIXELS = MAX_MESSAGE_BYTES // 3
+#: JPEG quality image_transport's compressed publisher uses by default.
+JPEG_QUALITY = 95
 
 # rosbag2 metadata version 9 is what Jazzy's rosbag2 writes (QoS enums as names).
 _BAG_VERSION = 9
@@ -201,6 +208,14 @@ class CameraCalibration:
         return float(-self.p[0, 3] / self.p[0, 0]) if self.p[0, 0] else 0.0
 
 
+class MessageRecord(NamedTuple):
+    """One message as read, not yet decoded: header stamp (ns), frame_id, the message."""
+
+    stamp_ns: int
+    frame_id: str
+    msg: Any
+
+
 class CameraInfoRecord(NamedTuple):
     """One CameraInfo message: header stamp (ns), frame_id and the calibration."""
 
@@ -256,6 +271,66 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) ->
     return _typestore().types[IMAGE_TYPE](
         header=_header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
         is_bigendian=0, step=width * channels * dtype.itemsize, data=data)
+
+
+def compressed_image_msg(array: np.ndarray, codec: str, encoding: str, stamp_ns: int,
+                         frame_id: str, quality: int = JPEG_QUALITY) -> Any:
+    """Build a sensor_msgs/CompressedImage as image_transport's compressed publisher does.
+
+    Args:
+        array: the image in ``encoding`` (see :func:`~cityseg_ros.compressed.encode_compressed`).
+        codec: 'jpeg' or 'png' (PNG for labels: lossless).
+        encoding: the array's ROS encoding, e.g. 'rgb8', 'mono8'.
+        stamp_ns: header stamp, nanoseconds.
+        frame_id: header frame_id.
+        quality: JPEG quality 1..100 (image_transport's default 95).
+
+    Raises:
+        ConfigError: as :func:`~cityseg_ros.compressed.encode_compressed`.
+    """
+    from cityseg_ros.compressed import encode_compressed
+
+    fmt, data = encode_compressed(array, codec, encoding, quality=quality)
+    return _typestore().types[COMPRESSED_IMAGE_TYPE](
+        header=_header(stamp_ns, frame_id), format=fmt,
+        data=np.frombuffer(data, dtype=np.uint8))
+
+
+def decode_image(msg: Any, rgb: bool = False, lossless: bool = False) -> np.ndarray:
+    """Decode a sensor_msgs/Image or sensor_msgs/CompressedImage (rosbags or rclpy) to numpy.
+
+    Args:
+        msg: the message; a CompressedImage is told apart by its ``format`` field.
+        rgb: HxWx3 uint8 RGB, for a camera image. When False, colour still comes back as RGB
+            but single-channel images keep their 2-D layout and dtype (labels, instance ids).
+        lossless: refuse JPEG (labels and instance ids must come back exactly).
+
+    Raises:
+        ImageError: unknown encoding or format, truncated or corrupt data, an image above
+            :data:`MAX_IMAGE_PIXELS`, or a JPEG when ``lossless``.
+    """
+    if not hasattr(msg, 'format'):
+        return image_to_numpy(msg, rgb=rgb)
+    from cityseg_ros.compressed import decode_compressed, parse_format
+
+    if lossless and parse_format(msg.format).codec != 'png':
+        raise ImageError(f'format {msg.format!r}: labels and instance ids must be PNG '
+                         '(lossless); JPEG changes their values')
+    return decode_compressed(msg, rgb=rgb, max_pixels=MAX_IMAGE_PIXELS)
+
+
+def check_label_image(image: np.ndarray, kind: str, what: str) -> None:
+    """Check a decoded label image: 'labels' HxW uint8, 'instances' HxW integer.
+
+    Raises:
+        BagError: naming ``what`` and what it holds instead.
+    """
+    if kind == 'labels' and (image.ndim != 2 or image.dtype != np.uint8):
+        raise BagError(f'{what} must hold mono8 labelIds, got a {image.dtype} image of shape '
+                       f'{image.shape}')
+    if kind == 'instances' and (image.ndim != 2 or not np.issubdtype(image.dtype, np.integer)):
+        raise BagError(f'{what} must hold mono16 instanceIds, got a {image.dtype} image of '
+                       f'shape {image.shape}')
 
 
 def camera_info_msg(calibration: CameraCalibration, stamp_ns: int, frame_id: str) -> Any:
@@ -383,6 +458,13 @@ class BagWriter:
                     frame_id: str) -> None:
         """Write an image; see :func:`image_msg` for the array each encoding takes."""
         self.write_message(topic, image_msg(array, encoding, stamp_ns, frame_id), stamp_ns)
+
+    def write_compressed_image(self, topic: str, array: np.ndarray, codec: str, encoding: str,
+                               stamp_ns: int, frame_id: str,
+                               quality: int = JPEG_QUALITY) -> None:
+        """Write a CompressedImage; see :func:`compressed_image_msg`."""
+        self.write_message(topic, compressed_image_msg(array, codec, encoding, stamp_ns,
+                                                       frame_id, quality), stamp_ns)
 
     def write_camera_info(self, topic: str, calibration: CameraCalibration, stamp_ns: int,
                           frame_id: str) -> None:
@@ -1078,6 +1160,9 @@ def _open_source(path: Path) -> Any:
 class BagReader:
     """Read images, frames and camera info from a rosbag2; use it as a context manager.
 
+    Image topics may hold sensor_msgs/Image or sensor_msgs/CompressedImage (JPEG/PNG as
+    image_transport writes them); the message type in the bag decides.
+
     Example:
         >>> with BagReader('cityscapes_bag') as bag:
         ...     for frame in bag.read_frames(TOPIC_LEFT_IMAGE, gt_topic=TOPIC_GT_LABEL_IDS):
@@ -1134,22 +1219,50 @@ class BagReader:
         """True when the bag was opened by salvaging: reading will end with a BagError."""
         return bool(self._opened().damaged)
 
+    def read_messages(self, topic: str,
+                      msgtypes: Sequence[str] = IMAGE_TYPES) -> Iterator[MessageRecord]:
+        """Yield the messages of ``topic`` deserialized but not decoded, in log-time order.
+
+        Decoding an image (:meth:`decode`) costs far more than reading its header: callers that
+        skip frames (shards, frames without partners) decode only what they use.
+
+        Raises:
+            BagError: missing topic or one of another type, a message that cannot be
+                deserialized, or damage in the bag (after yielding the messages before it).
+        """
+        count = 0
+        try:
+            for record in self._records(topic, msgtypes):
+                count += 1
+                yield record
+        except _Damage as exc:
+            raise BagError(f'bag {self.path} is damaged: {exc}; {count} messages of {topic} '
+                           'were read before it') from exc
+
+    def decode(self, topic: str, record: MessageRecord, rgb: bool = False,
+               lossless: bool = False) -> np.ndarray:
+        """Decode an image message of :meth:`read_messages` (see :func:`decode_image`).
+
+        Raises:
+            BagError: naming the bag, topic and stamp, when the image cannot be decoded.
+        """
+        return self._decode(topic, record.stamp_ns, record.msg, rgb, lossless)
+
     def read_images(self, topic: str) -> Iterator[ImageRecord]:
         """Yield every image of ``topic`` in log-time order (e.g. a predictions topic).
 
+        Single-channel images stay 2-D (labels, instance ids); colour comes back as RGB.
+
         Raises:
-            BagError: missing topic or not an Image topic, an undecodable or truncated message,
+            BagError: missing topic or not an image topic, an undecodable or truncated message,
                 or damage in the bag (after yielding the images before it).
         """
-        self._check_topics({'image': topic})
         count = 0
         try:
-            for name, msgtype, _, raw in self._opened().messages((topic,)):
-                msg = self._deserialize(name, msgtype, raw)
-                stamp = stamp_to_ns(msg.header.stamp)
-                image = self._decode(name, stamp, msg, rgb=False)
+            for record in self._records(topic, IMAGE_TYPES):
+                image = self.decode(topic, record)
                 count += 1
-                yield ImageRecord(stamp, image, str(msg.header.frame_id))
+                yield ImageRecord(record.stamp_ns, image, record.frame_id)
         except _Damage as exc:
             raise BagError(f'bag {self.path} is damaged: {exc}; {count} images of {topic} '
                            'were read before it') from exc
@@ -1158,16 +1271,17 @@ class BagReader:
         """Yield every CameraInfo of ``topic`` in log-time order.
 
         Raises:
-            BagError: as :meth:`read_images`.
+            BagError: as :meth:`read_messages`.
         """
-        self._check_topics({'camera_info': topic}, msgtypes=(CAMERA_INFO_TYPE,))
+        count = 0
         try:
-            for name, msgtype, _, raw in self._opened().messages((topic,)):
-                msg = self._deserialize(name, msgtype, raw)
-                yield CameraInfoRecord(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id),
-                                       calibration_from_msg(msg))
+            for record in self._records(topic, (CAMERA_INFO_TYPE,)):
+                count += 1
+                yield CameraInfoRecord(record.stamp_ns, record.frame_id,
+                                       calibration_from_msg(record.msg))
         except _Damage as exc:
-            raise BagError(f'bag {self.path} is damaged: {exc}') from exc
+            raise BagError(f'bag {self.path} is damaged: {exc}; {count} camera infos of {topic} '
+                           'were read before it') from exc
 
     def read_frames(self, left_topic: str, gt_topic: Optional[str] = None,
                     inst_topic: Optional[str] = None, right_topic: Optional[str] = None,
@@ -1175,17 +1289,19 @@ class BagReader:
         """Yield frames whose parts all exist, matched by header stamp, in log-time order.
 
         A left image without a partner on every other requested topic is skipped (counted in
-        :attr:`pairing_stats`, set when the iteration ends or fails).
+        :attr:`pairing_stats`, set when the iteration ends or fails). Only matched messages
+        are decoded.
 
         Args:
-            left_topic: the camera image (any of :data:`COLOR_ENCODINGS`), converted to RGB.
-            gt_topic: mono8 Cityscapes labelIds, or None.
+            left_topic: the camera image (any of :data:`COLOR_ENCODINGS`, or a JPEG/PNG
+                CompressedImage), converted to RGB.
+            gt_topic: mono8 Cityscapes labelIds (Image, or a PNG CompressedImage), or None.
             inst_topic: mono16 (or 32SC1) Cityscapes instanceIds, or None.
             right_topic: the right camera image, or None.
             tolerance_ns: largest header stamp difference between the parts of one frame.
 
         Raises:
-            BagError: a topic is missing or not an Image topic, a message cannot be decoded, is
+            BagError: a topic is missing or not an image topic, a message cannot be decoded, is
                 truncated or has the wrong encoding, or the bag is damaged (raised after the
                 frames before the damage were yielded).
         """
@@ -1221,8 +1337,15 @@ class BagReader:
             raise BagError(f'bag {self.path} is not open: use BagReader as a context manager')
         return self._source
 
+    def _records(self, topic: str, msgtypes: Sequence[str]) -> Iterator[MessageRecord]:
+        """Deserialized messages of one topic; storage damage raises :class:`_Damage`."""
+        self._check_topics({'topic': topic}, msgtypes=msgtypes)
+        for name, msgtype, _, raw in self._opened().messages((topic,)):
+            msg = self._deserialize(name, msgtype, raw)
+            yield MessageRecord(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id), msg)
+
     def _check_topics(self, roles: dict[str, str],
-                      msgtypes: Sequence[str] = _IMAGE_TYPES) -> None:
+                      msgtypes: Sequence[str] = IMAGE_TYPES) -> None:
         topics = self._opened().topics
         seen: dict[str, str] = {}
         for role, topic in roles.items():
@@ -1231,7 +1354,8 @@ class BagReader:
             seen[topic] = role
             if topic not in topics:
                 present = ', '.join(sorted(topics)) or 'none'
-                raise BagError(f'bag {self.path} has no topic {topic} (asked for as {role}); '
+                asked = '' if role == 'topic' else f' (asked for as {role})'
+                raise BagError(f'bag {self.path} has no topic {topic}{asked}; '
                                f'topics present: {present}')
             if topics[topic].msgtype not in msgtypes:
                 raise BagError(f'topic {topic} of bag {self.path} holds '
@@ -1240,13 +1364,14 @@ class BagReader:
     def _deserialize(self, topic: str, msgtype: str, raw: bytes) -> Any:
         try:
             return _typestore().deserialize_cdr(raw, msgtype)
-        except (SerdeError, KeyError) as exc:
+        except (SerdeError, KeyError, ValueError) as exc:
             raise BagError(f'bag {self.path}: a message on {topic} cannot be decoded as '
                            f'{msgtype}: {exc}') from exc
 
-    def _decode(self, topic: str, stamp_ns: int, msg: Any, rgb: bool) -> np.ndarray:
+    def _decode(self, topic: str, stamp_ns: int, msg: Any, rgb: bool,
+                lossless: bool = False) -> np.ndarray:
         try:
-            return image_to_numpy(msg, rgb=rgb)
+            return decode_image(msg, rgb=rgb, lossless=lossless)
         except ImageError as exc:
             raise BagError(f'bag {self.path}: image on {topic} at stamp {stamp_ns} ns: '
                            f'{exc}') from exc
@@ -1258,13 +1383,13 @@ class BagReader:
             if role not in items:
                 continue
             topic, msg = items[role]
-            if role == 'gt' and msg.encoding not in _LABEL_ENCODINGS:
-                raise BagError(f'bag {self.path}: {topic} must hold mono8 labelIds, got '
-                               f'{msg.encoding!r}')
-            if role == 'inst' and msg.encoding not in _INSTANCE_ENCODINGS:
-                raise BagError(f'bag {self.path}: {topic} must hold mono16 instanceIds, got '
-                               f'{msg.encoding!r}')
-            image = self._decode(topic, stamp_to_ns(msg.header.stamp), msg, rgb=role == 'right')
+            stamp = stamp_to_ns(msg.header.stamp)
+            if role == 'right':
+                parts[role] = self._decode(topic, stamp, msg, rgb=True)
+                continue
+            image = self._decode(topic, stamp, msg, rgb=False, lossless=True)
+            check_label_image(image, 'labels' if role == 'gt' else 'instances',
+                              f'bag {self.path}: {topic}')
             parts[role] = image.astype(np.int32) if role == 'inst' else image
         return Frame(stamp_ns=stamp_ns, left=self._decode(left_topic, stamp_ns, left, rgb=True),
                      right=parts['right'], gt_label_ids=parts['gt'],

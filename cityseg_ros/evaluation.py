@@ -32,6 +32,7 @@ Damaged bags: whatever was scored before a :class:`~cityseg_ros.errors.BagError`
 """
 
 import bisect
+from collections import Counter
 import contextlib
 import csv
 from dataclasses import dataclass, field
@@ -74,8 +75,10 @@ OUTPUT_FILES: tuple[str, ...] = ('metrics.json', 'report.md', 'confusion.png', '
 # Stream keys: the frames to score ('ref': camera images or predictions), then the GT.
 _REF, _GT, _INST = 'ref', 'gt', 'inst'
 # A pairer for bags may hold a few frames while partners logged a little apart arrive (as
-# BagReader.read_frames does).
-_MAX_PENDING = 16
+# BagReader.read_frames does); it holds undecoded messages (at most MAX_MESSAGE_BYTES each).
+_MAX_PENDING = 8
+# A batch is scored early once its decoded images take this much memory.
+_BATCH_BYTES = 256 * 2**20
 _FRAME_FIELDS = ('stamp_ns', 'pixel_accuracy', 'miou', 'decode_ms', 'inference_ms',
                  'scoring_ms')
 # Skipped frames listed in report.md; metrics.json lists them all.
@@ -362,6 +365,7 @@ class BagEvaluator:
                                      limit=options.limit)
         self._topics: Optional[dict[str, str]] = None
         self._counts: dict[str, Optional[int]] = {}
+        self._matched_frames = 0
         self._ran = False
 
     # -- public API -------------------------------------------------------------------------
@@ -432,7 +436,7 @@ class BagEvaluator:
             if self._topics is None:
                 self.check()
             with contextlib.ExitStack() as stack:
-                self._score(self._streams(stack), segmenter, on_frame)
+                self._score(stack, segmenter, on_frame)
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -472,40 +476,36 @@ class BagEvaluator:
                                   'instance': wanted.get(_INST)}
         return wanted
 
-    def _streams(self, stack: contextlib.ExitStack) -> list[Iterator[tuple[int, str, Any]]]:
-        """One reader per topic: (stamp_ns, role, array) in log-time order."""
+    def _streams(self, stack: contextlib.ExitStack,
+                 errors: dict[str, BagError]) -> list[Iterator[tuple[int, str, Any]]]:
+        """One reader per topic: (stamp_ns, role, undecoded message) in log-time order.
+
+        A stream that fails (damage, an undeserializable message) ends there and leaves its
+        error in ``errors``; the others go on, so every frame whose parts were all read before
+        the damage is still matched (the merge reads each stream ahead by one message).
+        """
         assert self._topics is not None
 
-        def reader() -> BagReader:
-            return stack.enter_context(BagReader(self.bag))
+        def stream(role: str, topic: str) -> Iterator[tuple[int, str, Any]]:
+            try:
+                reader = stack.enter_context(BagReader(self.bag))
+                for record in reader.read_messages(topic):
+                    yield record.stamp_ns, role, (reader, topic, record)
+            except BagError as exc:
+                errors[role] = exc
 
-        def images(role: str, topic: str) -> Iterator[tuple[int, str, Any]]:
-            for record in reader().read_images(topic):
-                yield record.stamp_ns, role, record.image
+        return [stream(role, topic) for role, topic in self._topics.items()]
 
-        def camera(topic: str) -> Iterator[tuple[int, str, Any]]:
-            # read_frames converts every camera encoding (mono, bayer, bgr) to RGB.
-            frames = reader().read_frames(topic, tolerance_ns=self.options.tolerance_ns)
-            for frame in frames:
-                yield frame.stamp_ns, _REF, frame.left
-
-        streams = []
-        for role, topic in self._topics.items():
-            if role == _REF and not self.options.predictions_topic:
-                streams.append(camera(topic))
-            else:
-                streams.append(images(role, topic))
-        return streams
-
-    def _score(self, streams: list, segmenter: Optional['Segmenter'],
+    def _score(self, stack: contextlib.ExitStack, segmenter: Optional['Segmenter'],
                on_frame: Optional[Callable[[FrameResult], None]]) -> None:
         assert self._topics is not None
         opts = self.options
         keys = list(self._topics)
+        errors: dict[str, BagError] = {}
         pairer = StampPairer(keys, opts.tolerance_ns, max_pending=_MAX_PENDING)
         seen: dict[str, list[int]] = {key: [] for key in keys}
-        matched: dict[str, set[int]] = {key: set() for key in keys}
-        merged = heapq.merge(*streams, key=itemgetter(0))
+        matched: dict[str, Counter] = {key: Counter() for key in keys}
+        merged = heapq.merge(*self._streams(stack, errors), key=itemgetter(0))
         batch: list[_Work] = []
         index = 0
         decode_s = 0.0
@@ -514,18 +514,18 @@ class BagEvaluator:
             while opts.limit is None or index < opts.limit:
                 start = time.perf_counter()
                 try:
-                    stamp, role, array = next(merged)
+                    stamp, role, item = next(merged)
                 except StopIteration:
                     finished = True
                     break
                 finally:
                     decode_s += time.perf_counter() - start
                 seen[role].append(stamp)
-                match = pairer.push(role, stamp, array)
+                match = pairer.push(role, stamp, item)
                 if match is None:
                     continue
                 for key, key_stamp in match.stamps.items():
-                    matched[key].add(key_stamp)
+                    matched[key][key_stamp] += 1
                 index += 1
                 if (index - 1) % opts.shard[1] != opts.shard[0]:
                     continue
@@ -534,24 +534,38 @@ class BagEvaluator:
                 if work is None:
                     continue
                 batch.append(work)
-                if len(batch) >= opts.batch_size:
+                if (len(batch) >= opts.batch_size
+                        or sum(w.scored.nbytes for w in batch) >= _BATCH_BYTES):
                     self._flush(batch, segmenter, on_frame)
         except BagError:
-            self._flush(batch, segmenter, on_frame)  # frames read before the damage count
+            self._flush(batch, segmenter, on_frame)  # frames read before the error count
             raise
         finally:
-            self._list_unmatched(seen, matched, None if finished else self._last_stamp(matched))
+            self._list_unmatched(seen, matched, errors,
+                                 None if finished else self._last_stamp(matched))
         self._flush(batch, segmenter, on_frame)
+        self._matched_frames = index
+        if errors:  # the first stream to fail, in role order (images, GT, instances)
+            raise next(errors[key] for key in keys if key in errors)
 
     @staticmethod
-    def _last_stamp(matched: dict[str, set[int]]) -> int:
+    def _last_stamp(matched: dict[str, Counter]) -> int:
         """Stamps at or after this one may have lost their partners to an early stop."""
         return max(matched[_REF], default=-1)
 
-    def _work(self, stamp: int, items: dict[str, np.ndarray], decode_s: float) -> Optional[_Work]:
-        """Check one matched frame; list it as skipped (and return None) if it cannot be used."""
+    def _decode(self, role: str, item: tuple[BagReader, str, Any], rgb: bool) -> np.ndarray:
+        reader, topic, record = item
+        return reader.decode(topic, record, rgb=rgb, lossless=role != _REF or not rgb)
+
+    def _work(self, stamp: int, items: dict[str, Any], decode_s: float) -> Optional[_Work]:
+        """Decode and check one matched frame; list it as skipped (return None) if unusable."""
         assert self._topics is not None
-        scored, gt, instances = items[_REF], items[_GT], items.get(_INST)
+        start = time.perf_counter()
+        model = not self.options.predictions_topic
+        scored = self._decode(_REF, items[_REF], rgb=model)
+        gt = self._decode(_GT, items[_GT], rgb=False)
+        instances = self._decode(_INST, items[_INST], rgb=False) if _INST in items else None
+        decode_s += time.perf_counter() - start
         if gt.ndim != 2 or gt.dtype != np.uint8:
             raise BagError(f'{self._topics[_GT]} at stamp {stamp} ns holds a {gt.dtype} image '
                            f'of shape {gt.shape}, not mono8 labelIds; pass the labelIds topic '
@@ -561,12 +575,11 @@ class BagEvaluator:
             raise BagError(f'{self._topics[_INST]} at stamp {stamp} ns holds a '
                            f'{instances.dtype} image of shape {instances.shape}, not mono16 '
                            'instanceIds; pass the instanceIds topic with --instance-topic')
-        if self.options.predictions_topic and (scored.ndim != 2 or
-                                               not np.issubdtype(scored.dtype, np.integer)):
+        if not model and (scored.ndim != 2 or not np.issubdtype(scored.dtype, np.integer)):
             raise BagError(f'{self._topics[_REF]} at stamp {stamp} ns holds a {scored.dtype} '
                            f'image of shape {scored.shape}, not mono8 trainIds; pass a labels '
                            'topic (e.g. left/semantic/labels) with --predictions-topic')
-        what = 'prediction' if self.options.predictions_topic else 'image'
+        what = 'image' if model else 'prediction'
         sizes = {what: scored.shape[:2], 'ground truth': gt.shape}
         if instances is not None:
             sizes['instanceIds'] = instances.shape
@@ -611,38 +624,71 @@ class BagEvaluator:
         _LOG.info('%s: frame at stamp %d ns skipped: %s', self.bag, stamp, reason)
         self.evaluation.skipped.append(SkippedFrame(stamp, reason))
 
-    def _list_unmatched(self, seen: dict[str, list[int]], matched: dict[str, set[int]],
-                        cutoff: Optional[int]) -> None:
-        """List the frames that never got all their parts (before ``cutoff``, if given)."""
-        tolerance = self.options.tolerance_ns
-        ordered = {key: sorted(stamps) for key, stamps in seen.items()}
+    def _list_unmatched(self, seen: dict[str, list[int]], matched: dict[str, Counter],
+                        errors: dict[str, BagError], cutoff: Optional[int]) -> None:
+        """List every part that was read but not scored, with the reason.
 
-        def near(key: str, stamp: int) -> bool:
-            stamps = ordered[key]
-            pos = bisect.bisect_left(stamps, stamp)
-            return any(abs(stamps[i] - stamp) <= tolerance
-                       for i in (pos - 1, pos) if 0 <= i < len(stamps))
+        Frames that never got all their parts (their part lies beyond damage, or is missing,
+        or came out of order), ground truth without a frame, and duplicate stamps (a second
+        message with a stamp already used). With ``cutoff`` (a run stopped early), stamps at
+        or after it are left out: their partners were never read.
+        """
+        tolerance = self.options.tolerance_ns
+        window = f'{tolerance / 1e6:g} ms'
+        ordered = {key: sorted(stamps) for key, stamps in seen.items()}
+        last_read = {key: ordered[key][-1] if ordered[key] else None for key in errors}
+        plural, single = self._role_nouns()
+
+        def near(key: str, stamp: int) -> list[int]:
+            stamps = ordered.get(key, [])
+            pos = bisect.bisect_left(stamps, stamp - tolerance)
+            return stamps[pos:bisect.bisect_right(stamps, stamp + tolerance)]
+
+        def missing(key: str, stamp: int) -> str:
+            end = last_read.get(key, -1)
+            if key in errors and (end is None or stamp > end - tolerance):
+                return f'{plural[key]} lost to the damage in the bag'
+            return f'no {plural[key]} within {window}'
 
         skipped = []
-        for key in (_REF, _GT):
-            for stamp in ordered[key]:
-                if stamp in matched[key] or (cutoff is not None and stamp >= cutoff):
+        for key, stamps in ordered.items():
+            for stamp, count in sorted(Counter(stamps).items()):
+                used = matched[key][stamp]
+                if used >= count or (cutoff is not None and stamp >= cutoff):
                     continue
-                if key == _REF:
-                    missing = [_ROLE_TEXT[k][0] for k in ordered if k != _REF
+                if used:
+                    reason = (f'duplicate stamp: {count} {plural[key]} have it; one was used, '
+                              f'{count - used} dropped')
+                elif key == _REF:
+                    reasons = [missing(k, stamp) for k in ordered if k != _REF
                                and not near(k, stamp)]
-                    reason = (f'no {" and no ".join(missing)} within {tolerance / 1e6:g} ms'
-                              if missing else 'its ground truth came out of order')
-                elif not near(_REF, stamp):
-                    reason = ('ground truth without a prediction' if self.options.
-                              predictions_topic else 'ground truth without a camera image')
+                    reason = '; '.join(reasons) or 'its ground truth came out of order'
+                    if count > 1:
+                        reason += f' ({count} {plural[_REF]} have this stamp)'
                 else:
-                    continue  # listed with its frame
+                    frames = near(_REF, stamp)
+                    if any(not matched[_REF][ref] for ref in frames):
+                        continue  # listed with its frame
+                    if key == _INST and any(not matched[_GT][g] for g in near(_GT, stamp)):
+                        continue  # listed with its ground truth
+                    if frames:
+                        reason = (f'{single[key]} not used: another one within {window} was '
+                                  'matched to its frame')
+                    else:
+                        reason = f'{single[key]} without a {single[_REF]}'
                 skipped.append(SkippedFrame(stamp, reason))
         if skipped:
-            _LOG.info('%s: %d frames without all their parts were skipped', self.bag,
+            _LOG.info('%s: %d frames or parts that could not be scored are listed', self.bag,
                       len(skipped))
         self.evaluation.skipped = sorted(set(self.evaluation.skipped) | set(skipped))
+
+    def _role_nouns(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Plural and singular names of what each stream holds, for the skip reasons."""
+        plural = {key: text for key, (text, _) in _ROLE_TEXT.items()}
+        single = {_REF: 'camera image', _GT: 'ground truth', _INST: 'instance ids'}
+        if self.options.predictions_topic:
+            plural[_REF], single[_REF] = 'predicted trainIds', 'prediction'
+        return plural, single
 
 
 # --------------------------------------------------------------------------------------------

@@ -187,11 +187,11 @@ def test_image_msg_rejects_arrays_that_do_not_fit_the_encoding():
 
 
 def test_image_to_numpy_rejects_unsupported_and_non_camera_encodings():
-    msg = image_msg(np.zeros((4, 4), np.uint16), 'mono16', 0, 'f')
+    msg = image_msg(np.zeros((4, 4), np.float32), '32FC1', 0, 'f')
     with pytest.raises(ImageError, match='camera image must be one of'):
         image_to_numpy(msg, rgb=True)
-    msg.encoding = 'yuv422'
-    with pytest.raises(ImageError, match="'yuv422' is not supported"):
+    msg.encoding = 'yuv411'
+    with pytest.raises(ImageError, match="'yuv411' is not supported"):
         image_to_numpy(msg)
 
 

@@ -293,3 +293,89 @@ def test_merge_refuses_a_shard_twice_and_flags_a_missing_one(tmp_path):
     assert alone.partial and '1/2 of bag missing' in alone.error
     with pytest.raises(ConfigError, match='nothing to merge'):
         merge_evaluations([])
+
+
+# -- every frame is scored or listed ----------------------------------------------------------
+
+BIG = {'height': 1024, 'width': 1024}  # 1 MiB mono8: every message closes its own mcap chunk
+
+
+def _chunk_offsets(mcap):
+    """Byte offsets of the chunk records of an mcap file, in file order."""
+    data = mcap.read_bytes()
+    offsets, pos = [], 8
+    while pos + 9 <= len(data):
+        opcode, length = data[pos], int.from_bytes(data[pos + 1:pos + 9], 'little')
+        if opcode == 0x06:
+            offsets.append(pos)
+        if opcode == 0x0F:
+            break
+        pos += 9 + length
+    return offsets
+
+
+@pytest.mark.parametrize('cut_in, listed', [
+    ('prediction', None),
+    ('ground truth', 'ground truth labelIds lost to the damage in the bag; '
+                     'ground truth instanceIds lost to the damage in the bag'),
+    ('instances', 'ground truth instanceIds lost to the damage in the bag'),
+])
+def test_truncated_bag_scores_the_last_complete_frame_and_lists_the_cut_one(
+        tmp_path, cut_in, listed):
+    data = frames(4, **BIG)
+    stamps = []
+    with BagWriter(tmp_path / 'bag', storage='mcap') as bag:
+        for index, frame in enumerate(data):  # file order: pred, gt, inst of each frame
+            stamp = START + index * PERIOD
+            stamps.append(stamp)
+            bag.write_image(PRED, frame['pred'], 'mono8', stamp, 'left')
+            bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', stamp, 'left')
+            bag.write_image(TOPIC_GT_INSTANCE_IDS, frame['inst'], 'mono16', stamp, 'left')
+    mcap = next((tmp_path / 'bag').glob('*.mcap'))
+    chunks = _chunk_offsets(mcap)
+    assert len(chunks) == 3 * len(data)
+    part = {'prediction': 0, 'ground truth': 1, 'instances': 2}[cut_in]
+    cut = chunks[3 * 2 + part] + 1000  # inside frame 2's part: frames 0 and 1 are complete
+    mcap.write_bytes(mcap.read_bytes()[:cut])
+    evaluator = BagEvaluator(tmp_path / 'bag', EvalOptions(predictions_topic=PRED))
+    with pytest.raises(BagError, match='damaged'):
+        evaluator.run()
+    result = evaluator.evaluation
+    assert [row.stamp_ns for row in result.frames] == stamps[:2]
+    assert_same_counts(result.counts, direct_counts(data[:2]))
+    expected = [] if listed is None else [(stamps[2], listed)]
+    assert [tuple(s) for s in result.skipped] == expected
+    assert result.partial
+
+
+def test_duplicate_stamps_are_listed_not_dropped(tmp_path):
+    data = frames(3)
+    stamps = [START + i * PERIOD for i in range(3)]
+    with BagWriter(tmp_path / 'bag') as bag:
+        for index, frame in enumerate(data):
+            bag.write_image(PRED, frame['pred'], 'mono8', stamps[index], 'left')
+            if index == 1:  # a second prediction with the same stamp
+                bag.write_image(PRED, frame['pred'], 'mono8', stamps[index], 'left')
+            bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', stamps[index], 'left')
+            if index == 2:  # a second ground truth with the same stamp
+                bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', stamps[index], 'left')
+    result = evaluate(tmp_path / 'bag', instance_topic=None)
+    assert [row.stamp_ns for row in result.frames] == stamps
+    reasons = dict(result.skipped)
+    assert list(reasons) == stamps[1:]
+    assert reasons[stamps[1]].startswith('duplicate stamp: 2 predicted trainIds have it')
+    assert reasons[stamps[2]].startswith('duplicate stamp: 2 ground truth labelIds have it')
+
+
+def test_ground_truth_beside_a_matched_one_is_listed(tmp_path):
+    data = frames(2)
+    stamps = [START + i * PERIOD for i in range(2)]
+    with BagWriter(tmp_path / 'bag') as bag:
+        for index, frame in enumerate(data):
+            bag.write_image(PRED, frame['pred'], 'mono8', stamps[index], 'left')
+            bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', stamps[index], 'left')
+        bag.write_image(TOPIC_GT_LABEL_IDS, data[1]['gt'], 'mono8', stamps[1] + 10**6, 'left')
+    result = evaluate(tmp_path / 'bag', instance_topic=None)
+    assert [row.stamp_ns for row in result.frames] == stamps
+    reason = 'ground truth not used: another one within 10 ms was matched to its frame'
+    assert result.skipped == [(stamps[1] + 10**6, reason)]
