@@ -336,3 +336,12 @@ def test_directories_named_like_images_inside_an_input_directory_are_skipped(tmp
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert 'wrote 1 result(s)' in captured.out
+
+
+def test_a_file_larger_than_any_allowed_image_is_refused_unread(tmp_path, capsys):
+    big = tmp_path / 'big.png'
+    with open(big, 'wb') as f:
+        f.truncate(20 << 20)  # sparse: costs no disk
+    code, err = _run(capsys, big, '--out', tmp_path / 'out', '--max-image-pixels', 1000, *FAST)
+    _one_error_line(code, err)
+    assert 'is 20971520 bytes, more than any image of 1000 pixels' in err
