@@ -173,19 +173,16 @@ def _why_nothing(facts: Facts, images: Mapping[str, int], lost: int) -> str:
     pairs, rejected = d.get('pairs', 0), d.get('rejected', 0)
     if rejected and not pairs:
         return f'every pair is rejected ({rejected} inputs), latest: {facts.last_reject}'
-    unpaired = d.get('unpaired', 0)
-    if unpaired and not pairs:
+    if not pairs:  # every camera sends, nothing pairs
         gap = ('' if facts.stamp_gap_ms is None else
                f'; the latest stamps differ by {facts.stamp_gap_ms:.1f} ms')
-        why = (f'no partner: {unpaired} images found no partner within pair_tolerance_ms='
-               f'{facts.tolerance_ms:g}{gap}')
+        why = (f'no partner: none of {sum(images.values()) - rejected} images found a partner '
+               f'within pair_tolerance_ms={facts.tolerance_ms:g}{gap}')
         if lost:
             why += f'; {lost} images lost before the node: {_loss_hint(facts, images)}'
         elif facts.stamp_gap_ms is not None and facts.stamp_gap_ms > facts.tolerance_ms:
             why += ('; synchronise the cameras (equal stamps) or raise pair_tolerance_ms')
         return why
-    if lost and not pairs:
-        return f'{lost} images lost before the node: {_loss_hint(facts, images)}'
     if pairs and d.get('rate_limited', 0) >= pairs:
         return f'rate limit: max_rate_hz={facts.max_rate_hz:g} skipped all {pairs} pairs'
     if d.get('skipped_no_subscribers', 0):
@@ -196,8 +193,6 @@ def _why_nothing(facts: Facts, images: Mapping[str, int], lost: int) -> str:
         return f'the model has been busy on one pair for {facts.busy_for_s:.1f} s'
     if rejected:
         return f'{rejected} inputs rejected, latest: {facts.last_reject}'
-    if not pairs:
-        return 'no pair formed yet'
     return f'{pairs} pairs formed, none published yet'
 
 

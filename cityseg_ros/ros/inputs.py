@@ -29,6 +29,7 @@ queue (``input_depth``) overflowing while the node was busy.
 
 import functools
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from cityseg_ros.ros.qos import choose_reliability, input_qos, subscription_event_callbacks
@@ -42,6 +43,9 @@ __all__ = ['InputSubscriptions', 'SequenceGaps', 'RECHECK_S']
 #: Seconds between two looks at the publishers (rosbag2 polls topics every 0.1 s; QoS changes
 #: are rarer than new topics).
 RECHECK_S = 1.0
+#: Seconds between two checks for a "look now" from a matched or incompatible-QoS event (the
+#: events' own callbacks must not destroy the subscription they belong to).
+_TICK_S = 0.25
 
 Count = Callable[[str, int], None]
 
@@ -120,6 +124,8 @@ class InputSubscriptions:
         self._lock = threading.Lock()
         self._gaps = SequenceGaps()
         self._timer: Optional[Any] = None
+        self._due = threading.Event()
+        self._last_look = 0.0
         self._topics: List[_Topic] = []
         for camera in cameras:
             self._topics.append(_Topic(camera, f'{camera}/image_rect_color', Image,
@@ -135,7 +141,7 @@ class InputSubscriptions:
         self._gaps.reset()
         self.recheck()
         self._timer = self._node.create_timer(
-            RECHECK_S, self.recheck, callback_group=MutuallyExclusiveCallbackGroup(),
+            _TICK_S, self._tick, callback_group=MutuallyExclusiveCallbackGroup(),
             clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def stop(self) -> None:
@@ -179,9 +185,21 @@ class InputSubscriptions:
 
     # -- callbacks ------------------------------------------------------------------------------
 
+    def _tick(self) -> None:
+        if self._due.is_set() or time.monotonic() - self._last_look >= RECHECK_S:
+            self.recheck()
+
+    def _incompatible(self) -> None:
+        if self._auto:  # a publisher changed its QoS: follow it at the next tick
+            self._due.set()
+        else:
+            self._count('incompatible_qos', 1)
+
     def recheck(self) -> None:
         """Look at each topic's publishers; subscribe again where the QoS choice changed."""
         changed = []
+        self._due.clear()
+        self._last_look = time.monotonic()
         with self._lock:
             for topic in self._topics:
                 full = self._node.resolve_topic_name(topic.name)
@@ -198,9 +216,11 @@ class InputSubscriptions:
                     self._node.destroy_subscription(topic.subscription)
                     self._count('qos_changes', 1)
                 qos = input_qos(wanted, self._depth)
+                # In auto mode a mismatch is the moment before the next look, not an error.
+                warn = (self._node.get_logger().debug if self._auto
+                        else self._node.get_logger().warning)
                 events = subscription_event_callbacks(
-                    full, qos, self._node.get_logger().warning,
-                    on_event=functools.partial(self._count, 'incompatible_qos', 1),
+                    full, qos, warn, on_event=self._incompatible, on_matched=self._due.set,
                     on_lost=functools.partial(self._count, 'dds_lost_samples'))
                 topic.subscription = self._node.create_subscription(
                     topic.msg_type, topic.name, topic.callback, qos,

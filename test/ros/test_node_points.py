@@ -15,31 +15,9 @@
 """semantic/points from the live node: published when calibrated, explained when not."""
 
 from cityseg_ros.ros.pointcloud import POINT_STEP
-from node_harness import HEIGHT, now_ns, RELIABLE, StandIn, WIDTH
+from node_harness import camera_info, now_ns, POINTS_PARAMS, RELIABLE, StandIn
 import pytest
 from sensor_msgs.msg import CameraInfo, PointCloud2
-
-# The Cityscapes camera scaled to the 128x64 test images (1/16 of 2048x1024).
-FX, FY, CX, CY, BASELINE = 2262.52 / 16, 2265.30 / 16, 1096.98 / 16, 513.14 / 16, 0.209313
-
-POINTS_PARAMS = {
-    'cameras': ['left'], 'publish_points': True, 'publish_color': False,
-    'publish_overlay': False, 'points_downscale': 1, 'points_decimation': 1,
-    'points_min_depth_m': 0.0, 'points_max_depth_m': 1000.0, 'points_drop_classes': [255],
-    'stereo_block_size': 3, 'stereo_disparity_range': 16, 'stereo_speckle_window_size': 0,
-}
-
-
-def camera_info(cam: str, stamp_ns: int) -> CameraInfo:
-    tx = -FX * BASELINE if cam == 'right' else 0.0
-    msg = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
-    msg.header.frame_id = f'{cam}_optical'
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg.k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    msg.p = [FX, 0.0, CX, tx, 0.0, FY, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
-    msg.d = [0.0] * 5
-    return msg
 
 
 @pytest.fixture
