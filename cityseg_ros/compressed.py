@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 __all__ = ['CODECS', 'CompressedFormat', 'parse_format', 'decode_compressed',
-           'encode_compressed', 'JPEG_QUALITY', 'PNG_LEVEL']
+           'encode_compressed', 'JPEG_QUALITY', 'PNG_LEVEL', 'MAX_IMAGE_PIXELS']
 
 CODECS = ('jpeg', 'png')
 #: image_transport's defaults: ``jpeg_quality`` 95, ``png_level`` 3.
