@@ -43,8 +43,10 @@ inference-only step of the engine. Only the first 19 logit channels are trained 
 the final logits only.
 """
 
+import contextlib
 import csv
 from dataclasses import asdict, dataclass, field
+import errno
 import hashlib
 import json
 import logging
@@ -56,6 +58,7 @@ import sys
 import time
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
+from cityseg_ros.checkpoints import file_problem, read_checkpoint, tensor_problem
 from cityseg_ros.engine import resolve_device
 from cityseg_ros.errors import CheckpointError, ConfigError, ImageError
 from cityseg_ros.labels import IGNORE_ID, label_ids_to_train_ids, NUM_CLASSES
@@ -632,34 +635,261 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _kind_of(path: Path) -> str:
+    problem = file_problem(path)
+    return 'a file' if problem is None else problem.removeprefix('is ').split(', not')[0]
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Report a failed write under ``--out`` (disk full, read-only, a file in the way)."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or path
+        raise ConfigError(f'cannot write {where}: {exc.strerror or exc}; free space or choose '
+                          'another --out') from None
+
+
 def _atomic_save(obj, path: Path) -> None:
+    """Save to a temporary file, then rename: an interrupted save never leaves half a file."""
     tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with _writing(path):
+            try:
+                torch.save(obj, tmp)
+            except RuntimeError as exc:  # torch's zip writer reports a failed write this way
+                raise OSError(errno.EIO, ' '.join(str(exc).split())[:200], str(path)) from None
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
 
 
 def load_training_state(path: PathLike) -> dict:
-    """Read a ``last.pt`` with ``weights_only=True``.
+    """Read a ``last.pt`` safely (``weights_only=True``, sizes checked) and check its layout.
+
+    The types and ranges that do not depend on the run are checked here (see
+    :meth:`Trainer._restore` for the rest), so a crafted or foreign file fails with one
+    message instead of somewhere inside the optimiser or the RNG.
 
     Raises:
-        CheckpointError: missing or unreadable file, or not a training checkpoint of this
-            package (e.g. a plain model file: pass that as ``--init-weights``).
+        CheckpointError: missing, not a regular file, unreadable or hostile file, or not a
+            training checkpoint of this package (e.g. a plain model file: pass that as
+            ``--init-weights``), or one whose entries have the wrong types or sizes.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f'--resume {path} not found; pass the last.pt of a training run '
-                              '(or start without --resume)')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch.load raises many types for bad data; all mean "bad file"
-        raise CheckpointError(f'{path} is not a readable training checkpoint '
-                              f'({type(exc).__name__}: {str(exc).splitlines()[0][:200]})'
-                              ) from None
-    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+    problem = file_problem(path)
+    if problem:
+        raise CheckpointError(f'--resume {path} {problem}; {_RESUME_FIX}')
+    state = read_checkpoint(path, _RESUME_FIX, mmap=False)
+    if (not isinstance(state, dict) or type(state.get('format')) is not str
+            or state['format'] != CHECKPOINT_FORMAT):
         raise CheckpointError(f'{path} is not a training checkpoint of cityseg_ros (format '
                               f'{CHECKPOINT_FORMAT}); to start from model weights use '
                               '--init-weights')
+    try:
+        _check_layout(state)
+    except _Bad as exc:
+        raise CheckpointError(f'{path} is not a valid training checkpoint: {exc}; '
+                              f'{_RESUME_FIX}') from None
     return state
+
+
+# --------------------------------------------------------------------------------------------
+# Checking a training state read from a file: everything is hostile until checked
+
+
+_RESUME_FIX = 'pass the last.pt of a training run (or start without --resume)'
+# Far beyond any schedule; bounds what a crafted step makes the trainer compute.
+_MAX_STEP = 1 << 31
+_STATE_DICTS = ('model', 'optimizer', 'scheduler', 'scaler', 'data', 'best', 'config')
+# random.getstate(): version 3 and 624 words of Mersenne Twister state plus the position.
+_MT_WORDS = 624
+
+
+class _Bad(Exception):
+    """What is wrong with an entry of a training state, in words."""
+
+
+def _show(value: object) -> str:
+    """Describe a value from a file briefly (never its full repr: it may be huge)."""
+    if isinstance(value, torch.Tensor):
+        return f'a tensor of shape {list(value.shape)} ({str(value.dtype)[len("torch."):]})'
+    if isinstance(value, (dict, list, tuple, set)):
+        return f'a {type(value).__name__} of {len(value)} items'
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Bad(what)
+
+
+def _is_int(value: object, low: int = 0, high: int = _MAX_STEP) -> bool:
+    return type(value) is int and low <= value < high
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _same_kind(value: object, template: object) -> bool:
+    """Whether a saved value can stand where the run has ``template`` (a plain value)."""
+    if isinstance(template, bool):
+        return isinstance(value, bool)
+    if isinstance(template, (int, float)):
+        return _is_number(value) and value >= 0
+    if template is None:
+        return value is None
+    if isinstance(template, str):
+        return isinstance(value, str)
+    if isinstance(template, (tuple, list)):
+        return (isinstance(value, (tuple, list)) and len(value) == len(template)
+                and all(_same_kind(v, t) for v, t in zip(value, template)))
+    return False
+
+
+def _check_like(value: object, template: object, where: str) -> None:
+    """Check a saved state dict against the run's own: no unknown keys, the same kinds."""
+    if isinstance(template, dict):
+        _expect(isinstance(value, dict), f'{where} is {_show(value)}, not a dict')
+        unknown = [k for k in value if k not in template]
+        _expect(not unknown, f'{where} has unknown keys ({", ".join(map(_show, unknown[:5]))})')
+        for key, item in value.items():
+            _check_like(item, template[key], f'{where}[{key!r}]')
+    elif isinstance(template, list) and template and isinstance(template[0], dict):
+        _expect(isinstance(value, list) and len(value) == len(template),
+                f'{where} is {_show(value)}, expected a list of {len(template)}')
+        for i, (item, sub) in enumerate(zip(value, template)):
+            _check_like(item, sub, f'{where}[{i}]')
+    else:
+        _expect(_same_kind(value, template), f'{where} is {_show(value)}')
+
+
+def _check_layout(state: dict) -> None:
+    """Check the entries of a training state that do not depend on the run."""
+    missing = [k for k in ('model_name', 'step', 'rng', *_STATE_DICTS) if k not in state]
+    _expect(not missing, f'it lacks {", ".join(missing)}')
+    _expect(isinstance(state['model_name'], str), f"'model_name' is {_show(state['model_name'])}")
+    _expect(_is_int(state['step']), f"'step' is {_show(state['step'])}, not a step count")
+    for key in _STATE_DICTS:
+        _expect(isinstance(state[key], dict), f'{key!r} is {_show(state[key])}, not a dict')
+    for key, value in state['model'].items():
+        _expect(isinstance(key, str) and isinstance(value, torch.Tensor),
+                f"'model' maps {_show(key)} to {_show(value)}, not a name to a tensor")
+        problem = tensor_problem(value)
+        _expect(problem is None, f"'model'[{key!r}] is {problem}")
+    optimizer = state['optimizer']
+    _expect(isinstance(optimizer.get('state'), dict)
+            and isinstance(optimizer.get('param_groups'), list),
+            "'optimizer' lacks its 'state' dict or 'param_groups' list")
+    for key, value in state['data'].items():
+        _expect(_is_int(value, -_MAX_STEP), f"'data'[{key!r}] is {_show(value)}")
+    best = state['best']
+    _expect(set(best) <= {'miou', 'step'}, f"'best' has keys {_show(list(best))}")
+    _expect('miou' not in best or (_is_number(best['miou']) and -1 <= best['miou'] <= 1),
+            f"'best'['miou'] is {_show(best.get('miou'))}")
+    _expect('step' not in best or _is_int(best['step']), f"'best'['step'] is "
+            f"{_show(best.get('step'))}")
+    rng = state['rng']
+    _expect(isinstance(rng, list) and 0 < len(rng) <= 4096,
+            f"'rng' is {_show(rng)}, not one state per process")
+    for i, entry in enumerate(rng):
+        _check_rng(entry, f"'rng'[{i}]")
+
+
+def _check_rng(entry: object, where: str) -> None:
+    """Check one process's RNG states as :func:`_rng_state` writes them."""
+    _expect(isinstance(entry, dict) and {'python', 'numpy', 'torch', 'cuda'} == set(entry),
+            f'{where} is {_show(entry)}, not the python/numpy/torch/cuda RNG states')
+    py = entry['python']
+    _expect(isinstance(py, dict) and set(py) == {'version', 'state', 'gauss'},
+            f"{where}['python'] is {_show(py)}")
+    words = py['state']
+    _expect(_is_int(py['version'], 0, 16) and isinstance(words, (list, tuple))
+            and len(words) == _MT_WORDS + 1
+            and all(_is_int(w, 0, 1 << 32) for w in words[:-1])
+            and _is_int(words[-1], 0, _MT_WORDS + 1)
+            and (py['gauss'] is None or _is_number(py['gauss'])),
+            f"{where}['python'] is not a Mersenne Twister state")
+    npy = entry['numpy']
+    _expect(isinstance(npy, dict)
+            and set(npy) == {'bit_generator', 'key', 'pos', 'has_gauss', 'gauss'},
+            f"{where}['numpy'] is {_show(npy)}")
+    key = npy['key']
+    _expect(npy['bit_generator'] == 'MT19937' and isinstance(key, torch.Tensor)
+            and key.dtype == torch.int64 and tuple(key.shape) == (_MT_WORDS,)
+            and tensor_problem(key) is None and bool(((key >= 0) & (key < 1 << 32)).all())
+            and _is_int(npy['pos'], 0, _MT_WORDS + 1) and _is_int(npy['has_gauss'], 0, 2)
+            and _is_number(npy['gauss']),
+            f"{where}['numpy'] is not an MT19937 state")
+    cpu = entry['torch']
+    _expect(isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8
+            and cpu.shape == torch.get_rng_state().shape and tensor_problem(cpu) is None,
+            f"{where}['torch'] is {_show(cpu)}, not torch's CPU generator state")
+    cuda = entry['cuda']
+    _expect(isinstance(cuda, list) and len(cuda) <= 1024
+            and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 1
+                    and t.numel() <= 4096 and tensor_problem(t) is None for t in cuda),
+            f"{where}['cuda'] is {_show(cuda)}, not CUDA generator states")
+
+
+def _check_model_state(saved: dict, model: nn.Module) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [f'{k}: file {list(v.shape)} vs model {list(expected[k].shape)}'
+              for k, v in saved.items() if k in expected and v.shape != expected[k].shape]
+    parts = []
+    kinds = ((missing, 'missing'), (unexpected, 'unexpected'), (shapes, 'wrongly shaped'))
+    for items, what in kinds:
+        if items:
+            more = f', ... (+{len(items) - 3} more)' if len(items) > 3 else ''
+            parts.append(f'{len(items)} {what} model keys ({", ".join(items[:3])}{more})')
+    _expect(not parts, '; '.join(parts))
+    for key, value in saved.items():
+        _expect(value.dtype.is_floating_point == expected[key].dtype.is_floating_point,
+                f"'model'[{key!r}] is {_show(value)}, the model's is {expected[key].dtype}")
+
+
+def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Check saved param groups and per-parameter state against the run's optimiser."""
+    template = optimizer.state_dict()
+    groups = saved['param_groups']
+    _expect(len(groups) == len(template['param_groups']),
+            f"'optimizer' has {len(groups)} parameter groups, this run "
+            f"{len(template['param_groups'])} (another --optimizer or model?)")
+    shapes = {}
+    for i, (group, mine, live) in enumerate(zip(groups, template['param_groups'],
+                                                optimizer.param_groups)):
+        where = f"'optimizer' group {i}"
+        _expect(isinstance(group, dict) and set(group) == set(mine),
+                f'{where} has keys {_show(group)} instead of {sorted(mine)} (another '
+                '--optimizer?)')
+        ids = group['params']
+        _expect(isinstance(ids, list) and ids == mine['params']
+                and all(type(p) is int for p in ids),
+                f'{where} lists {_show(ids)} parameters, this run {len(mine["params"])}')
+        for key, value in group.items():
+            if key != 'params':
+                _expect(_same_kind(value, mine[key]), f'{where} {key!r} is {_show(value)}')
+        shapes.update({pid: param.shape for pid, param in zip(ids, live['params'])})
+    for pid, per_param in saved['state'].items():
+        where = f"'optimizer' state of parameter {_show(pid)}"
+        _expect(pid in shapes and isinstance(per_param, dict), f'{where} is {_show(per_param)}')
+        for key, value in per_param.items():
+            if key == 'step':  # Adam's step count: a 0-d tensor
+                ok = (isinstance(value, torch.Tensor) and value.ndim == 0
+                      and tensor_problem(value) is None and value.dtype != torch.bool
+                      and 0 <= float(value) < _MAX_STEP) or _is_int(value)
+            else:  # momentum / moments: the parameter's shape
+                ok = value is None or (isinstance(value, torch.Tensor)
+                                       and value.shape == shapes[pid]
+                                       and value.dtype.is_floating_point
+                                       and tensor_problem(value) is None)
+            _expect(ok, f'{where} {key!r} is {_show(value)}')
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,12 +976,13 @@ class _Scalars:
 
     def add(self, step: int, values: dict) -> None:
         now = time.time()
-        for tag, value in values.items():
-            # repr: the shortest string that reads back as the same float.
-            self._csv.writerow([step, tag, repr(float(value)), f'{now:.3f}'])
-            if self._tb is not None:
-                self._tb.add_scalar(tag, value, step, walltime=now)
-        self._fh.flush()
+        with _writing(self.path):
+            for tag, value in values.items():
+                # repr: the shortest string that reads back as the same float.
+                self._csv.writerow([step, tag, repr(float(value)), f'{now:.3f}'])
+                if self._tb is not None:
+                    self._tb.add_scalar(tag, value, step, walltime=now)
+            self._fh.flush()
 
     def close(self) -> None:
         self._fh.close()
@@ -800,6 +1031,9 @@ class Trainer:
                               f'{cfg.batch_size} image(s) x {self.info.world_size} process(es); '
                               'lower --batch-size or add frames')
         self.out = Path(cfg.out).expanduser()
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f'--out {self.out} is {_kind_of(self.out)}, not a directory; '
+                              'choose another --out')
         self.resume_path = self._resume_path()
         self.device = self._device()
         self.precision = self._precision()
@@ -838,9 +1072,9 @@ class Trainer:
                                   'continue that run, or choose another --out')
             return None
         path = self.out / LAST_CHECKPOINT if resume == 'auto' else Path(resume).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f'--resume: {path} not found; pass the last.pt of a training '
-                                  'run (or start without --resume)')
+        problem = file_problem(path)
+        if problem:
+            raise CheckpointError(f'--resume: {path} {problem}; {_RESUME_FIX}')
         return path
 
     def _device(self) -> torch.device:
@@ -866,8 +1100,9 @@ class Trainer:
         if kind == 'init':
             if value != 'auto':
                 path = Path(value).expanduser()
-                if not path.is_file():
-                    raise CheckpointError(f'--init-weights {value} not found; pass a checkpoint '
+                problem = file_problem(path)
+                if problem:
+                    raise CheckpointError(f'--init-weights {value} {problem}; pass a checkpoint '
                                           f'of {self.spec.name} (or auto after fetch_weights)')
                 return path
             if not self.spec.weights:
@@ -881,8 +1116,9 @@ class Trainer:
                               'drop --backbone-weights (use --init-weights for a checkpoint '
                               'of the whole model)')
         path = cache_dir() / wf.filename if value == 'auto' else Path(value).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f'--backbone-weights: {path} not found; download {wf.url} '
+        problem = file_problem(path)
+        if problem:
+            raise CheckpointError(f'--backbone-weights: {path} {problem}; download {wf.url} '
                                   f'(torchvision ImageNet weights) and pass the file')
         return path
 
@@ -997,13 +1233,15 @@ class Trainer:
         mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
 
+        scalars = None
         if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / CONFIG_FILE).write_text(json.dumps(
-                {**cfg.to_dict(), 'world_size': info.world_size, 'base_size': list(base),
-                 'crop_size': list(crop), 'val_size': list(val_size),
-                 'precision': self.precision, 'device': str(device)}, indent=2) + '\n')
-        scalars = _Scalars(self.out, step > 0, cfg.tensorboard) if info.is_main else None
+            with _writing(self.out):
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / CONFIG_FILE).write_text(json.dumps(
+                    {**cfg.to_dict(), 'world_size': info.world_size, 'base_size': list(base),
+                     'crop_size': list(crop), 'val_size': list(val_size),
+                     'precision': self.precision, 'device': str(device)}, indent=2) + '\n')
+                scalars = _Scalars(self.out, step > 0, cfg.tensorboard)
         log.info('%s: %d frames; per step %d process(es) x %d crop(s) of %dx%d (base %dx%d), '
                  '%d step(s) per epoch; %s on %s', self.spec.name, len(self.frames),
                  info.world_size, cfg.batch_size, crop[1], crop[0], base[1], base[0],
@@ -1090,8 +1328,9 @@ class Trainer:
                        'loss': loss_value, 'seconds': seconds, 'world_size': info.world_size,
                        'param_digests': digests, 'best': best,
                        'val': _scores_json(scores), 'val_at_start': _scores_json(initial)}
-            (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str)
-                                                 + '\n')
+            with _writing(self.out / SUMMARY_FILE):
+                (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str)
+                                                     + '\n')
         return result
 
     def _loader(self, train_set: TrainSet, sampler: EpochSampler) -> DataLoader:
@@ -1174,38 +1413,62 @@ class Trainer:
         log.debug('saved step %d to %s', step, self.out)
 
     def _restore(self, state: dict, model: nn.Module, optimizer, scheduler, scaler) -> int:
+        """Load a state checked by :func:`load_training_state` into this run's objects.
+
+        Everything is compared with this run's own model, optimiser, scheduler and scaler
+        before anything is loaded, so a foreign or crafted file fails here with one message,
+        not at the first step.
+        """
         if state['model_name'] != self.spec.name:
             raise CheckpointError(f'{self.resume_path} is a checkpoint of '
-                                  f'{state["model_name"]!r}, not of {self.spec.name!r}')
+                                  f'{state["model_name"][:80]!r}, not of {self.spec.name!r}')
+        step = state['step']
+        try:
+            _check_model_state(state['model'], model)
+            _check_optimizer_state(state['optimizer'], optimizer)
+            _check_like(state['scheduler'], scheduler.state_dict(), "'scheduler'")
+            last = state['scheduler'].get('last_epoch', step)
+            _expect(last == step, f"'scheduler' is at step {_show(last)}, the checkpoint at "
+                                  f'{step}')
+            warmup = [fn.get('warmup_start', 1e-3) for fn in
+                      state['scheduler'].get('lr_lambdas', []) if isinstance(fn, dict)]
+            _expect(all(0 < w <= 1 for w in warmup), "'scheduler' warm-up start is not in "
+                                                     '(0, 1]')
+            if state['scaler'] and scaler.is_enabled():
+                _check_like(state['scaler'], scaler.state_dict(), "'scaler'")
+        except _Bad as exc:
+            raise CheckpointError(f'{self.resume_path} does not fit this run: {exc}; resume '
+                                  "with the run's own last.pt and options, or start afresh "
+                                  'without --resume') from None
         try:
             model.load_state_dict(state['model'], strict=True)
             optimizer.load_state_dict(state['optimizer'])
-        except (RuntimeError, ValueError, KeyError) as exc:
+            scheduler.load_state_dict(state['scheduler'])
+            if state['scaler'] and scaler.is_enabled():
+                scaler.load_state_dict(state['scaler'])
+            rng = state['rng']
+            if len(rng) == self.info.world_size:
+                _set_rng_state(rng[self.info.rank])
+            else:
+                _seed_everything(self.cfg.seed + self.info.rank + step)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError,
+                OverflowError) as exc:  # what the checks above let through
             detail = ' '.join(str(exc).split())[:300]
             raise CheckpointError(f'{self.resume_path} does not fit this run: {detail}') from None
-        scheduler.load_state_dict(state['scheduler'])
         # The schedule's length comes from this run's --steps (it may have been extended).
         for fn in scheduler.lr_lambdas:
             if isinstance(fn, PolySchedule):
                 fn.steps, fn.power = self.cfg.steps, self.cfg.poly_power
                 fn.warmup_steps = self.cfg.warmup_steps
-        if state.get('scaler'):
-            scaler.load_state_dict(state['scaler'])
         data = state['data']
         now = {'world_size': self.info.world_size, 'batch_size': self.cfg.batch_size,
                'seed': self.cfg.seed, 'frames': len(self.frames)}
-        changed = {k: (data[k], v) for k, v in now.items() if data.get(k) != v}
+        changed = {k: (data.get(k), v) for k, v in now.items() if data.get(k) != v}
         if changed:
             log.warning('resuming with a different %s: the data order will not continue '
                         'exactly', ', '.join(f'{k} ({a} -> {b})' for k, (a, b) in changed.items()))
-        rng = state['rng']
-        if len(rng) == self.info.world_size:
-            _set_rng_state(rng[self.info.rank])
-        else:
-            _seed_everything(self.cfg.seed + self.info.rank + state['step'])
-        log.info('resumed %s at step %d from %s', self.spec.name, state['step'],
-                 self.resume_path)
-        return int(state['step'])
+        log.info('resumed %s at step %d from %s', self.spec.name, step, self.resume_path)
+        return step
 
 
 def train(cfg: TrainConfig, stop_at: Optional[int] = None) -> TrainResult:

@@ -28,6 +28,7 @@ from pathlib import Path
 import re
 import socket
 import threading
+import time
 from typing import Optional
 import urllib.parse
 
@@ -56,6 +57,11 @@ class ServerState:
     cut_after: dict = dataclasses.field(default_factory=dict)   # name -> bytes sent, once
     no_range: set = dataclasses.field(default_factory=set)      # names answered 200 to Range
     requests: list = dataclasses.field(default_factory=list)    # (path, Range header or None)
+    # Hostile servers, per name: the body repeats forever (with this Content-Length or none);
+    # one byte every this many seconds; the status line and headers one byte at a time.
+    endless: dict = dataclasses.field(default_factory=dict)     # name -> announced length|None
+    trickle: dict = dataclasses.field(default_factory=dict)     # name -> seconds per byte
+    slow_headers: dict = dataclasses.field(default_factory=dict)  # name -> seconds per byte
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +72,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         name = urllib.parse.unquote(self.path.lstrip('/'))
         wanted = self.headers.get('Range')
         state.requests.append((self.path, wanted))
+        if name in state.endless or name in state.trickle or name in state.slow_headers:
+            self._hostile(state, name)
+            return
         data = state.files.get(name)
         if data is None:
             self.send_error(404, 'Not Found')
@@ -95,6 +104,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(body)
+
+    def _hostile(self, state, name):
+        """Serve a server that never stops, trickles, or trickles its headers (bounded: 30 s)."""
+        data = state.files.get(name, b'x' * 65536)
+        until = time.monotonic() + 30
+        try:
+            if name in state.slow_headers:
+                for byte in b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n':
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(state.slow_headers[name])
+                    if time.monotonic() > until:
+                        return
+                self.wfile.write(data[:10])
+                return
+            self.send_response(200)
+            length = state.endless.get(name)
+            if name in state.trickle:
+                length = len(data)
+            if length is not None:
+                self.send_header('Content-Length', str(length))
+            self.end_headers()
+            self.close_connection = True
+            if name in state.trickle:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(state.trickle[name])
+                    if time.monotonic() > until:
+                        return
+                return
+            while time.monotonic() < until:  # endless
+                self.wfile.write(data)
+        except OSError:  # the client gave up: what the tests want
+            pass
 
     def log_message(self, *args):
         pass
@@ -521,7 +565,8 @@ BAD_FILES = {
     'empty': (lambda p: p.write_bytes(b''), r'is empty \(0 bytes\)'),
     'truncated zip': (_zip_truncated, 'truncated or corrupt'),
     'arbitrary object': (lambda p: torch.save(_Arbitrary(), p),
-                         r'arbitrary Python objects \(.*_Arbitrary\).*refuses for safety'),
+                         r'tries to import the forbidden Python global '
+                         r'test_checkpoints\._Arbitrary: .*must not be trusted'),
     'list': (lambda p: torch.save([torch.zeros(1)], p), 'holds a list, not a state dict'),
     'non-tensor value': (lambda p: torch.save({'a': 1}, p), "entry 'a' is of type int"),
     'html page': (lambda p: p.write_text('<!DOCTYPE html><html>404</html>'), 'an HTML page'),

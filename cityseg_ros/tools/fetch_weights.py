@@ -26,12 +26,14 @@ Prints ``MODEL: PATH`` for each file. ``--weights auto`` in the other tools uses
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cityseg_ros.checkpoints import cache_dir, check_file, fetch, MIRROR_ENV
-from cityseg_ros.errors import CitysegError, ZooError
+from cityseg_ros.checkpoints import (cache_dir, check_file, DownloadLimits, fetch, file_problem,
+                                     MIRROR_ENV)
+from cityseg_ros.errors import CitysegError, ConfigError, ZooError
 from cityseg_ros.models.zoo import get_spec, model_names, ModelSpec, WeightsFile
 from cityseg_ros.tools.common import EXIT_OK, run_cli
 
@@ -57,8 +59,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--mirror', metavar='URL', default=None,
                         help='base URL that replaces the release URL up to the file name '
                              f'(default: ${MIRROR_ENV})')
+    limits = DownloadLimits()
+    parser.add_argument('--timeout', type=_positive, default=limits.timeout, metavar='S',
+                        help='seconds for connecting, for the response headers and for any one '
+                             'read (default: %(default)s)')
+    parser.add_argument('--min-rate', type=_non_negative, default=limits.min_rate,
+                        metavar='B/S', help='give up on a server slower than this many bytes/s '
+                        f'over {limits.rate_window:g} s; 0: never (default: %(default)s)')
+    parser.add_argument('--deadline', type=_non_negative, default=limits.deadline, metavar='S',
+                        help='seconds for each whole download; 0: no limit (default: '
+                             '%(default)s)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar, only warnings')
     return parser
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a finite number')
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'{text!r} must be > 0')
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text!r} must be >= 0')
+    return value
+
+
+def _limits(args: argparse.Namespace) -> DownloadLimits:
+    # The rate is averaged over a window no longer than the deadline, so both can act.
+    window = DownloadLimits().rate_window
+    if args.deadline:
+        window = min(window, args.deadline)
+    return DownloadLimits(timeout=args.timeout, min_rate=args.min_rate, rate_window=window,
+                          deadline=args.deadline or None)
 
 
 def _selection(args: argparse.Namespace) -> list[tuple[ModelSpec, Optional[WeightsFile]]]:
@@ -104,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cache = (args.cache_dir or cache_dir()).expanduser()
+    problem = file_problem(cache)
+    if problem is None:
+        raise ConfigError(f'cache directory {cache} is a file, not a directory; pass another '
+                          '--cache-dir (or $CITYSEG_ROS_CACHE)')
+    if problem not in ('not found', 'is a directory, not a file'):
+        raise ConfigError(f'cache directory {cache} {problem}; pass another --cache-dir (or '
+                          '$CITYSEG_ROS_CACHE)')
     mirror = args.mirror or os.environ.get(MIRROR_ENV) or None
     chosen = _selection(args)
 
@@ -135,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     for spec, wf in chosen:
         if not _unavailable(spec, wf, mirror):
             path = fetch(spec.name, wf.filename, cache=cache, mirror=mirror,
-                         progress=not args.quiet)
+                         progress=not args.quiet, limits=_limits(args))
             print(f'{spec.name}: {path}')
     return EXIT_OK
 
