@@ -114,9 +114,9 @@ class _FileProblem(Exception):
     """Why a path cannot be used, in words that follow the path in a message."""
 
 
-_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO (named pipe)'),
-          (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'),
-          (stat.S_ISBLK, 'a block device'))
+_KINDS = ((stat.S_ISREG, 'a file'), (stat.S_ISDIR, 'a directory'),
+          (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
 _OS_REASONS = {
     errno.ENOENT: 'not found',
     errno.ELOOP: 'is a loop of symbolic links',
@@ -1147,9 +1147,11 @@ def _open_part(part: Path, append: bool) -> BinaryIO:
         fd = os.open(part, flags, 0o644)
     except OSError as exc:
         what = {errno.ELOOP: 'it is a symbolic link', errno.EISDIR: 'it is a directory',
-                errno.ENXIO: 'it is a FIFO'}.get(exc.errno, exc.strerror or str(exc))
-        raise DownloadError(f'cannot write {part}: {what}; remove it, or choose another cache '
-                            'directory (--cache-dir or $CITYSEG_ROS_CACHE)') from None
+                errno.ENXIO: 'it is a FIFO'}.get(exc.errno)
+        fix = 'choose another cache directory (--cache-dir or $CITYSEG_ROS_CACHE)'
+        if what is None:
+            raise DownloadError(f'cannot write {part}: {exc.strerror or exc}; {fix}') from None
+        raise DownloadError(f'cannot write {part}: {what}; remove it, or {fix}') from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -20,23 +20,30 @@ under ``RLIMIT_AS`` = 4 GiB, so a regression fails fast instead of eating the ma
 """
 
 import collections
+import dataclasses
+import errno
 import io
 import os
 from pathlib import Path
 import pickle
+import re
 import struct
 import subprocess
 import sys
 import tarfile
 import threading
+import time
+from typing import Optional
 import warnings
 import zipfile
 
 from cityseg_ros import checkpoints
-from cityseg_ros.checkpoints import check_file, load_checkpoint, load_state_dict, read_checkpoint
-from cityseg_ros.errors import CheckpointError
+from cityseg_ros.checkpoints import (check_file, download, DownloadLimits, fetch,
+                                     load_checkpoint, load_state_dict, read_checkpoint)
+from cityseg_ros.errors import CheckpointError, ConfigError, DownloadError
 from cityseg_ros.models import zoo
 import pytest
+from test_checkpoints import clear_proxies, serving
 import torch
 from torch import nn
 
@@ -311,7 +318,7 @@ def test_special_files_are_refused_without_blocking(monkeypatch, tmp_path, kind,
     error = outcome.get('error')
     assert isinstance(error, CheckpointError), outcome
     assert str(path) in str(error) and '\n' not in str(error)
-    assert __import__('re').search(message, str(error)), str(error)
+    assert re.search(message, str(error)), str(error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,7 +438,7 @@ def test_unreadable_sha256_record_fails_the_check(tmp_path, kind, message):
     problem = outcome.get('value')
     assert problem is not None, 'a record nobody can read must not pass'
     assert problem.startswith(f'sha256 record {record} '), problem
-    assert __import__('re').search(message, problem), problem
+    assert re.search(message, problem), problem
 
 
 def test_unreadable_weights_file_is_a_problem_not_a_traceback(tmp_path, monkeypatch):
@@ -447,3 +454,179 @@ def test_unreadable_weights_file_is_a_problem_not_a_traceback(tmp_path, monkeypa
     monkeypatch.setattr(os, 'open', refuse)
     wf = zoo.WeightsFile('w.pth', '', sha256='0' * 64)
     assert check_file(path, wf) == 'cannot be read (permission denied)'
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads from hostile servers into a hostile cache: bounded, one error, nothing left
+
+
+@pytest.fixture
+def server(monkeypatch):
+    clear_proxies(monkeypatch)
+    with serving() as state:
+        state.files['w.pth'] = PAYLOAD
+        yield state
+
+
+FAST = DownloadLimits(timeout=5.0, min_rate=1000.0, rate_window=0.5, deadline=20.0)
+
+
+def _download(server, dest: Path, limits=FAST, **kwargs) -> tuple[Optional[Exception], float]:
+    """Download w.pth from ``server``; return the error (or None) and the seconds it took."""
+    start = time.monotonic()
+    kwargs.setdefault('size', len(PAYLOAD))
+    try:
+        download(f'{server.url}/w.pth', dest, progress=False, limits=limits, **kwargs)
+    except (DownloadError, ConfigError) as exc:
+        return exc, time.monotonic() - start
+    return None, time.monotonic() - start
+
+
+@pytest.mark.parametrize('announced, size, message', [
+    (None, len(PAYLOAD), f'sent more than the expected {len(PAYLOAD)} bytes'),
+    (10 * GIB, len(PAYLOAD), f'announces 10737418240 bytes, more than the expected '
+                             f'{len(PAYLOAD)}'),
+    (None, None, 'sent more than the cap of 100000 bytes'),
+])
+def test_server_that_never_stops_is_cut_at_the_expected_size(server, tmp_path, announced, size,
+                                                             message):
+    server.endless['w.pth'] = announced
+    limits = dataclasses.replace(FAST, max_bytes=100_000)
+    error, seconds = _download(server, tmp_path / 'w.pth', limits, size=size)
+    assert isinstance(error, DownloadError) and message in str(error), error
+    assert 'the download was deleted' in str(error) and '\n' not in str(error)
+    assert list(tmp_path.iterdir()) == [] and seconds < 10
+
+
+def test_trickling_server_is_given_up_on_below_the_minimum_rate(server, tmp_path):
+    server.trickle['w.pth'] = 0.05  # 20 B/s: 10 minutes for the file, never a read timeout
+    error, seconds = _download(server, tmp_path / 'w.pth')
+    assert isinstance(error, DownloadError), error
+    assert 'below the minimum of 1000 B/s' in str(error) and seconds < 10, (error, seconds)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_past_its_deadline_is_given_up_on(server, tmp_path):
+    server.trickle['w.pth'] = 0.02
+    limits = DownloadLimits(timeout=5.0, min_rate=0, deadline=1.0)
+    error, seconds = _download(server, tmp_path / 'w.pth', limits)
+    assert isinstance(error, DownloadError) and 'took longer than 1 s' in str(error), error
+    assert seconds < 8 and list(tmp_path.iterdir()) == []
+
+
+def test_trickled_headers_time_out(server, tmp_path):
+    server.slow_headers['w.pth'] = 0.2  # each byte well within the socket timeout
+    limits = DownloadLimits(timeout=1.0)
+    error, seconds = _download(server, tmp_path / 'w.pth', limits)
+    assert isinstance(error, DownloadError), error
+    assert 'no response headers within 1 s' in str(error) and seconds < 8, (error, seconds)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk once 100 bytes are written."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        if self._fh.tell() + len(data) > 100:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def test_disk_full_deletes_the_partial_file(server, tmp_path, monkeypatch):
+    real = checkpoints._open_part
+    monkeypatch.setattr(checkpoints, '_open_part', lambda *a, **k: _FullDisk(real(*a, **k)))
+    monkeypatch.setattr(checkpoints, '_CHUNK', 64)
+    error, _ = _download(server, tmp_path / 'w.pth')
+    assert isinstance(error, DownloadError), error
+    assert 'No space left on device' in str(error) and 'deleted' in str(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _in_the_way(tmp_path: Path, kind: str) -> Path:
+    """Put something where the cache, the file or its .part goes; return the destination."""
+    dest = tmp_path / 'cache' / 'w.pth'
+    if kind == 'cache is a file':
+        dest.parent.write_bytes(b'')
+        return dest
+    dest.parent.mkdir()
+    part = dest.with_name('w.pth.part')
+    if kind == 'destination is a directory':
+        dest.mkdir()
+    elif kind == '.part is a directory':
+        part.mkdir()
+    elif kind == '.part is a FIFO':
+        os.mkfifo(part)
+    elif kind == '.part is a symlink':
+        (tmp_path / 'elsewhere').write_bytes(b'keep')
+        os.symlink(tmp_path / 'elsewhere', part)
+    return dest
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('cache is a file', 'is a file, not a directory'),
+    ('destination is a directory', 'is a directory where the downloaded file should go'),
+    ('.part is a directory', 'w.pth.part: it is a directory; remove it'),
+    ('.part is a FIFO', 'w.pth.part: it is a FIFO; remove it'),
+    ('.part is a symlink', 'w.pth.part: it is a symbolic link; remove it'),
+])
+def test_things_in_the_way_in_the_cache_are_one_error(server, tmp_path, kind, message):
+    dest = _in_the_way(tmp_path, kind)
+    outcome = _finishes(lambda: _download(server, dest)[0])
+    error = outcome.get('value')
+    assert isinstance(error, DownloadError) and message in str(error), outcome
+    assert '\n' not in str(error)
+    if kind == '.part is a symlink':
+        assert (tmp_path / 'elsewhere').read_bytes() == b'keep'
+
+
+@pytest.mark.parametrize('mirror, message', [
+    ('http://[::1/', 'is not a valid URL (Invalid IPv6 URL)'),
+    ('http://127.0.0.1:99999/', 'is not a valid URL (Port out of range'),
+    ('http://127.0.0.1:port/', 'is not a valid URL'),
+    ('ftp://example.com/w/', 'is not an http, https or file URL'),
+    ('http:///w/', 'has no host name'),
+    ('http://exa mple.com/', 'contains spaces or control characters'),
+])
+def test_bad_mirror_urls_are_config_errors(monkeypatch, tmp_path, mirror, message):
+    monkeypatch.setitem(zoo.ZOO, 'tiny', zoo.ModelSpec(
+        name='tiny', builder=nn.Identity, num_classes=2, mean=zoo.IMAGENET_MEAN,
+        std=zoo.IMAGENET_STD, test_size=(32, 64), resize='fixed', align_corners=False,
+        output_stride=1, weights=(zoo.WeightsFile('tiny.pth', 'https://example.invalid/t.pth'),)))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fetch('tiny', cache=tmp_path, mirror=mirror, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_mirror_that_is_a_fifo_is_not_opened(tmp_path):
+    mirror = tmp_path / 'mirror'
+    mirror.mkdir()
+    os.mkfifo(mirror / 'w.pth')
+    outcome = _finishes(lambda: download((mirror / 'w.pth').as_uri(), tmp_path / 'c' / 'w.pth',
+                                         progress=False), mirror / 'w.pth')
+    assert isinstance(outcome.get('error'), DownloadError), outcome
+    assert 'is a FIFO' in str(outcome['error'])
+
+
+def test_fetch_refuses_an_unreadable_sha256_record(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(zoo.ZOO, 'tiny', zoo.ModelSpec(
+        name='tiny', builder=nn.Identity, num_classes=2, mean=zoo.IMAGENET_MEAN,
+        std=zoo.IMAGENET_STD, test_size=(32, 64), resize='fixed', align_corners=False,
+        output_stride=1, weights=(zoo.WeightsFile('w.pth', ''),)))
+    (tmp_path / 'w.pth').write_bytes(b'modified')
+    (tmp_path / 'w.pth.sha256').mkdir()
+    with pytest.raises(DownloadError, match=r'sha256 record .* is a directory, not a file, so '
+                                            r'w\.pth cannot be verified'):
+        fetch('tiny', cache=tmp_path, mirror=server.url, progress=False)
+    assert server.requests == []

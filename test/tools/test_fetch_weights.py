@@ -14,12 +14,14 @@
 
 """fetch_weights: exit 0 and print paths on success; exit 2 with one stderr line otherwise."""
 
+import errno
 import hashlib
 import os
 from pathlib import Path
 import subprocess
 import sys
 
+from cityseg_ros import checkpoints
 from cityseg_ros.checkpoints import MIRROR_ENV
 from cityseg_ros.models import zoo
 from cityseg_ros.tools.fetch_weights import main
@@ -216,3 +218,125 @@ def test_console_script_failure_is_one_line_without_traceback(tmp_path):
     assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
     assert result.stderr.startswith('fetch_weights: error: cannot reach 127.0.0.1')
     assert result.stdout == ''
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile input (issue 11, items 9, 10, 14): one line, exit 2, nothing unverified in the cache
+
+
+def _hostile(case: str, server, cache: Path) -> list:
+    """Set up ``case``; return the extra command-line arguments it needs."""
+    if case == 'cache dir is a file':
+        cache.write_bytes(b'')
+    elif case == 'directory where the file goes':
+        (cache / 'tiny.pth').mkdir(parents=True)
+    elif case == 'directory where the .part goes':
+        (cache / 'tiny.pth.part').mkdir(parents=True)
+    elif case == 'server never stops':
+        server.endless['tiny.pth'] = None
+    elif case == 'server trickles':
+        server.trickle['tiny.pth'] = 0.05
+        return ['--deadline', '1']
+    elif case == 'server trickles its headers':
+        server.slow_headers['tiny.pth'] = 0.2
+        return ['--timeout', '1']
+    return []
+
+
+@pytest.mark.parametrize('case, message', [
+    ('invalid IPv6 mirror', "--mirror 'http://[::1/' is not a valid URL (Invalid IPv6 URL)"),
+    ('cache dir is a file', 'is a file, not a directory'),
+    ('directory where the file goes', 'is a directory where the downloaded file should go'),
+    ('directory where the .part goes', 'tiny.pth.part: it is a directory; remove it'),
+    ('server never stops', 'sent more than the expected'),
+    ('server trickles', 'took longer than 1 s'),
+    ('server trickles its headers', 'no response headers within 1 s'),
+])
+def test_hostile_input_exits_2_with_one_line(capsys, server, tiny, case, message):
+    _, cache = tiny
+    mirror = 'http://[::1/' if case == 'invalid IPv6 mirror' else server.url
+    extra = _hostile(case, server, cache)
+    code, out, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', mirror,
+                          '--quiet', *extra)
+    assert code == 2 and message in _one_error_line(err), err
+    if cache.is_dir():
+        left = sorted(p.name for p in cache.iterdir())
+        assert left in ([], ['tiny.pth'], ['tiny.pth.part']), left  # only what was in the way
+        assert not (cache / 'tiny.pth').is_file()
+
+
+def test_disk_full_exits_2_and_leaves_no_partial_file(capsys, monkeypatch, server, tiny):
+    _, cache = tiny
+
+    def full(part, append):
+        raise_later = checkpoints_open_part(part, append)
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                raise_later.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def flush(self):
+                pass
+        return Full()
+
+    checkpoints_open_part = checkpoints._open_part
+    monkeypatch.setattr(checkpoints, '_open_part', full)
+    code, _, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url,
+                        '--quiet')
+    assert code == 2 and 'No space left on device' in _one_error_line(err)
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize('record', ['directory', 'garbage'])
+def test_verify_fails_when_the_sha256_record_cannot_be_read(capsys, monkeypatch, tmp_path,
+                                                            record):
+    data = tiny_bytes(tmp_path)
+    register_tiny(monkeypatch, data=data, sha256=None)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    (cache / 'tiny.pth').write_bytes(data[::-1])  # modified after its first download
+    if record == 'directory':
+        (cache / 'tiny.pth.sha256').mkdir()
+    else:
+        (cache / 'tiny.pth.sha256').write_text('unreadable\n')
+    code, out, err = _cli(capsys, '--model', 'tiny', '--verify', '--cache-dir', cache)
+    assert code == 2 and 'sha256 record' in _one_error_line(err) and 'ok' not in out
+
+
+def test_cache_dir_without_write_permission_exits_2(capsys, monkeypatch, server, tiny):
+    _, cache = tiny
+    cache.mkdir()
+    if os.geteuid() != 0:
+        cache.chmod(0o555)
+    else:  # root writes anywhere: the OS answer a user would get, for files in the cache
+        real_open = os.open
+
+        def denied(path, flags, *args, **kwargs):
+            if Path(path).parent == cache and flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, 'open', denied)
+    try:
+        code, _, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror',
+                            server.url, '--quiet')
+    finally:
+        cache.chmod(0o755)
+    assert code == 2 and 'Permission denied' in _one_error_line(err)
+    assert list(cache.iterdir()) == []
+
+
+def test_console_script_invalid_mirror_is_one_line(tmp_path):
+    env = dict(os.environ, CITYSEG_ROS_CACHE=str(tmp_path), PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, '-m', 'cityseg_ros.tools.fetch_weights', '--model', 'espnetv2',
+         '--mirror', 'http://[::1/'], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith("fetch_weights: error: --mirror 'http://[::1/' is not")
+    assert list(tmp_path.iterdir()) == []
