@@ -46,6 +46,8 @@ RECHECK_S = 1.0
 #: Seconds between two checks for a "look now" from a matched or incompatible-QoS event (the
 #: events' own callbacks must not destroy the subscription they belong to).
 _TICK_S = 0.25
+#: Seconds between two log lines about lost frames.
+THROTTLE_S = 5.0
 
 Count = Callable[[str, int], None]
 
@@ -221,7 +223,7 @@ class InputSubscriptions:
                         else self._node.get_logger().warning)
                 events = subscription_event_callbacks(
                     full, qos, warn, on_event=self._incompatible, on_matched=self._due.set,
-                    on_lost=functools.partial(self._count, 'dds_lost_samples'))
+                    on_lost=functools.partial(self._lost_samples, topic.camera))
                 topic.subscription = self._node.create_subscription(
                     topic.msg_type, topic.name, topic.callback, qos,
                     callback_group=self._group, event_callbacks=events)
@@ -240,4 +242,21 @@ class InputSubscriptions:
         missing = self._gaps.observe(camera, sequence, self.publishers(camera) == 1)
         if missing:
             self._count(f'{camera}_lost', missing)
+            self._warn_lost(camera, f'{missing} frame(s) missing from the publication sequence')
         self._on_image(camera, msg)
+
+    def _lost_samples(self, camera: str, count: int) -> None:
+        self._count('dds_lost_samples', count)
+        self._warn_lost(camera, f'the middleware reports {count} sample(s) lost')
+
+    def _warn_lost(self, camera: str, what: str) -> None:
+        reliability = self.reliability(camera)
+        why = ('best_effort transport drops fragments of large images: make the camera '
+               'publish reliable (input_reliability auto follows it) or use '
+               'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both sides'
+               if reliability == 'best_effort' else
+               'the input queue (input_depth) overflowed while the node was busy, or the '
+               'transport dropped them')
+        self._node.get_logger().warning(
+            f'{self._node.resolve_topic_name(f"{camera}/image_rect_color")}: {what} before '
+            f'the node ({reliability}); {why}', throttle_duration_sec=THROTTLE_S)

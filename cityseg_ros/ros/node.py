@@ -459,10 +459,13 @@ class SegmentNode(LifecycleNode):
         """Restart latency and pairing after a ROS clock jump (use_sim_time, /clock)."""
         change = jump.clock_change
         delta = jump.delta.nanoseconds / 1e9
+        now = self.get_clock().now().nanoseconds
         if change == ClockChange.ROS_TIME_ACTIVATED:
             what = 'use_sim_time on: the ROS clock now follows /clock'
         elif change == ClockChange.ROS_TIME_DEACTIVATED:
             what = 'use_sim_time off: the ROS clock is the system clock again'
+        elif now - jump.delta.nanoseconds <= 0:
+            what = f'first /clock message: ROS time starts at {now / 1e9:.3f} s'
         else:
             what = f'ROS clock jumped {"back" if delta < 0 else "forward"} {abs(delta):.3f} s'
         self._count('clock_jumps')

@@ -44,6 +44,8 @@ TABLES = {
                'Stereo disparity and semantic cloud per 2048x1024 pair'),
     'metrics': ('cityseg_ros.bench.metrics_table', 'Scoring speed against cityscapesscripts'),
     'eval': ('cityseg_ros.bench.eval_table', 'Bag evaluator frames/s against cityscapesscripts'),
+    'soak': ('cityseg_ros.ros.soak_table',
+             'Soak: the node under a 30 Hz stream and a cycle of faults (--duration-s)'),
 }
 
 #: The quick tables (minutes on 2 CPU cores); hrnet and internimage take tens of minutes.
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--runs', type=int, default=5, help='timed runs per row')
     parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--duration-s', type=float, default=600.0,
+                        help='length of the soak table run, seconds (default 600)')
     parser.add_argument('--sizes', nargs='+', type=parse_size, metavar='HxW',
                         default=[(512, 1024), (1024, 2048)],
                         help='input sizes of the hrnet and internimage tables, one table each '
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
             kwargs.update(model=args.models[0], device=args.device)
         elif table == 'eval':
             kwargs.update(device=args.device)
+        elif table == 'soak':
+            kwargs.update(duration_s=args.duration_s, model=args.models[0], device=args.device)
         print(f'\n## {title}\n')
         if table in ('hrnet', 'internimage'):
             for size in args.sizes:
