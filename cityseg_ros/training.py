@@ -865,9 +865,14 @@ def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer) -> Non
     for i, (group, mine, live) in enumerate(zip(groups, template['param_groups'],
                                                 optimizer.param_groups)):
         where = f"'optimizer' group {i}"
-        _expect(isinstance(group, dict) and set(group) == set(mine),
-                f'{where} has keys {_show(group)} instead of {sorted(mine)} (another '
-                '--optimizer?)')
+        _expect(isinstance(group, dict), f'{where} is {_show(group)}, not a dict')
+        lacking = sorted(set(mine) - set(group))
+        unknown = [_show(k) for k in group if k not in mine]
+        _expect(not lacking and not unknown,
+                f'{where} ' + ' and '.join(
+                    ([f'lacks {", ".join(lacking)}'] if lacking else [])
+                    + ([f'has unknown keys {", ".join(unknown[:5])}'] if unknown else []))
+                + ' (another --optimizer?)')
         ids = group['params']
         _expect(isinstance(ids, list) and ids == mine['params']
                 and all(type(p) is int for p in ids),
@@ -878,7 +883,9 @@ def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer) -> Non
         shapes.update({pid: param.shape for pid, param in zip(ids, live['params'])})
     for pid, per_param in saved['state'].items():
         where = f"'optimizer' state of parameter {_show(pid)}"
-        _expect(pid in shapes and isinstance(per_param, dict), f'{where} is {_show(per_param)}')
+        _expect(type(pid) is int and pid in shapes,
+                f"'optimizer' has state for parameter {_show(pid)}, which this run lacks")
+        _expect(isinstance(per_param, dict), f'{where} is {_show(per_param)}')
         for key, value in per_param.items():
             if key == 'step':  # Adam's step count: a 0-d tensor
                 ok = (isinstance(value, torch.Tensor) and value.ndim == 0

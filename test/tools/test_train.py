@@ -14,9 +14,12 @@
 
 """train CLI: one-line errors, outputs that the other tools load, and a 2-process DDP run."""
 
+import copy
+import errno
 import json
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -79,7 +82,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, message):
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith('train: error: ')
-    assert __import__('re').search(message, lines[0]), lines[0]
+    assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / 'out').exists()
 
 
@@ -134,3 +137,184 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert len(state['rng']) == 2 and state['data']['world_size'] == 2
     # One summary line: only rank 0 prints.
     assert result.stdout.count('espnetv2: step 3') == 1
+
+
+# --------------------------------------------------------------------------------------------
+# --resume with a crafted or foreign last.pt (issue 11 item 10): one line, exit 2
+
+
+class _Runs:
+    """Pickles as a call of os.system: a last.pt that would run code."""
+
+    def __reduce__(self):
+        return os.system, ('true',)
+
+
+def _nested(levels: int) -> dict:
+    value = {}
+    for _ in range(levels):
+        value = {'a': value}
+    return value
+
+
+def _set(path: str, value):
+    """Return a mutation that sets ``state[a][b]...`` (path 'a/b/...'; ints index lists)."""
+    def mutate(state):
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split('/')]
+        target = state
+        for key in parents:
+            target = target[key]
+        if value is _DELETE:
+            del target[last]
+        else:
+            target[last] = value(target[last]) if callable(value) else value
+        return state
+    return mutate
+
+
+_DELETE = object()
+_FIRST_PARAM = 'model/base_net.level1.conv.weight'
+
+RESUME_CASES = {
+    # whole files that are not ours
+    'a plain state dict': (lambda s: s['model'], 'is not a training checkpoint of cityseg_ros'),
+    'a list': (lambda s: [1, 2, 3], 'is not a training checkpoint of cityseg_ros'),
+    'an int': (lambda s: 7, 'is not a training checkpoint of cityseg_ros'),
+    'a string': (lambda s: 'last', 'is not a training checkpoint of cityseg_ros'),
+    'code to run': (lambda s: {**s, 'config': _Runs()}, 'forbidden Python global'),
+    'nested 100 deep': (lambda s: {**s, 'config': _nested(100)}, 'more than 64 levels deep'),
+    # ours, but of another run
+    'another model': (_set('model_name', 'hrnet_w48_ocr'), "a checkpoint of 'hrnet_w48_ocr'"),
+    'wrong shapes': (_set(_FIRST_PARAM, torch.zeros(3)), '1 wrongly shaped model keys'),
+    'a missing weight': (_set(_FIRST_PARAM, _DELETE), '1 missing model keys'),
+    'another optimizer': (_set('optimizer/param_groups/0/momentum', _DELETE),
+                          "'optimizer' group 0 lacks momentum (another --optimizer?)"),
+    # missing entries, wrong types, tensors where numbers belong, huge values
+    'no optimizer': (_set('optimizer', _DELETE), 'it lacks optimizer'),
+    'step is a tensor': (_set('step', torch.tensor(1)), "'step' is a tensor of shape []"),
+    'step is a string': (_set('step', '1'), "'step' is '1', not a step count"),
+    'step is huge': (_set('step', 10 ** 30), "'step' is 1000000000000000000000000000000"),
+    'step is negative': (_set('step', -5), "'step' is -5"),
+    'weight is an int': (_set(_FIRST_PARAM, 3), "'model' maps 'base_net.level1.conv.weight' "
+                                                'to 3'),
+    'weight is complex': (_set(_FIRST_PARAM, lambda t: t.to(torch.complex64)),
+                          'is a complex tensor'),
+    'lr is a tensor': (_set('optimizer/param_groups/0/lr', torch.tensor(0.1)),
+                       "'optimizer' group 0 'lr' is a tensor of shape []"),
+    'lr is infinite': (_set('optimizer/param_groups/0/lr', float('inf')),
+                       "'optimizer' group 0 'lr' is inf"),
+    'momentum buffer of another shape': (_set('optimizer/state/0/momentum_buffer',
+                                              torch.zeros(1)),
+                                         "'momentum_buffer' is a tensor of shape [1]"),
+    'momentum buffer of ints': (_set('optimizer/state/0/momentum_buffer',
+                                     lambda t: t.long()), "'momentum_buffer' is a tensor"),
+    'state of a parameter that is not there': (_set('optimizer/state/99999', {}),
+                                               'state for parameter 99999, which this run'),
+    'scheduler step is a string': (_set('scheduler/last_epoch', 'x'),
+                                   "'scheduler'['last_epoch'] is 'x'"),
+    'scheduler step disagrees': (_set('scheduler/last_epoch', 10 ** 9),
+                                 "'scheduler' is at step 1000000000"),
+    'scheduler gets an attribute': (_set('scheduler/lr_lambdas/0/__call__', 1),
+                                    'has unknown keys'),
+    'python RNG too short': (_set('rng/0/python/state', lambda w: w[:10]),
+                             'not a Mersenne Twister state'),
+    'python RNG word too big': (_set('rng/0/python/state/0', 1 << 70),
+                                'not a Mersenne Twister state'),
+    'numpy RNG key of floats': (_set('rng/0/numpy/key', lambda t: t.double()),
+                                'not an MT19937 state'),
+    'torch RNG of another size': (_set('rng/0/torch', torch.zeros(10, dtype=torch.uint8)),
+                                  "not torch's CPU generator state"),
+    'no RNG states': (_set('rng', []), "'rng' is a list of 0 items"),
+    'data position is a tensor': (_set('data/epoch', torch.zeros(3)),
+                                  "'data'['epoch'] is a tensor of shape [3]"),
+    'best score is a string': (_set('best', {'miou': 'high'}), "'best'['miou'] is 'high'"),
+}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """Train 1 step for real; return the dataset and the loaded last.pt."""
+    base = tmp_path_factory.mktemp('resume')
+    root = _dataset(base / 'cs')
+    code = train.main([str(a) for a in _train_args(root, base / 'run', '--steps', '1',
+                                                   '--val-split', 'none')])
+    assert code == 0
+    return root, torch.load(base / 'run' / LAST_CHECKPOINT, weights_only=True)
+
+
+@pytest.mark.parametrize('case', sorted(RESUME_CASES))
+def test_resume_with_a_crafted_last_pt_exits_2_with_one_line(tmp_path, capsys, trained, case):
+    root, state = trained
+    mutate, message = RESUME_CASES[case]
+    out = tmp_path / 'run'
+    out.mkdir()
+    torch.save(mutate(copy.deepcopy(state)), out / LAST_CHECKPOINT)
+    code, _, err = _run(capsys, _train_args(root, out, '--steps', '3', '--val-split', 'none',
+                                            '--resume'))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and 'Traceback' not in err, err
+    assert lines[0].startswith('train: error: ') and message in lines[0], lines[0]
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('fifo', r'is a FIFO \(named pipe\), not a file'),
+    ('directory', 'is a directory, not a file'),
+    ('symlink loop', 'is a loop of symbolic links'),
+    ('empty', r'is empty \(0 bytes\)'),
+])
+def test_resume_from_a_path_that_is_not_a_checkpoint_exits_2(tmp_path, capsys, trained, kind,
+                                                             message):
+    root, _ = trained
+    out = tmp_path / 'run'
+    out.mkdir()
+    last = out / LAST_CHECKPOINT
+    if kind == 'fifo':
+        os.mkfifo(last)
+    elif kind == 'directory':
+        last.mkdir()
+    elif kind == 'symlink loop':
+        os.symlink(last, last)
+    else:
+        last.write_bytes(b'')
+    code, _, err = _run(capsys, _train_args(root, out, '--resume'))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_resume_of_the_genuine_file_still_continues(tmp_path, capsys, trained):
+    root, state = trained
+    out = tmp_path / 'run'
+    out.mkdir()
+    torch.save(state, out / LAST_CHECKPOINT)
+    code, stdout, err = _run(capsys, _train_args(root, out, '--resume', '--val-split', 'none'))
+    assert code == 0 and 'espnetv2: step 2' in stdout, err
+
+
+def test_out_that_is_a_file_exits_2(tmp_path, capsys, trained):
+    root, _ = trained
+    (tmp_path / 'run').write_bytes(b'')
+    code, _, err = _run(capsys, _train_args(root, tmp_path / 'run'))
+    assert code == 2 and 'is a file, not a directory' in err and err.count('\n') == 1, err
+
+
+@pytest.mark.parametrize('failure', [
+    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0'),
+])
+def test_disk_full_while_saving_exits_2_and_leaves_no_temporary_file(tmp_path, capsys,
+                                                                     monkeypatch, trained,
+                                                                     failure):
+    root, _ = trained
+
+    def full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b'half a checkpoint')
+        raise failure
+
+    monkeypatch.setattr(torch, 'save', full)
+    out = tmp_path / 'run'
+    code, _, err = _run(capsys, _train_args(root, out, '--steps', '1', '--val-split', 'none'))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f'train: error: cannot write {out / LAST_CHECKPOINT}: '), lines[0]
+    assert not list(out.glob('*.tmp')) and not (out / LAST_CHECKPOINT).exists()
