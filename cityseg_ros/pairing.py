@@ -39,7 +39,9 @@ sends one stamp far in the future). With ``jump_ns`` set (the live node sets it)
 recovers by itself instead of calling everything after such a stamp *late* for good:
 
 4. A late item more than ``jump_ns`` behind the stamp that made it late, or the
-   ``late_streak``-th late item of a key in a row, is a *jump back*: every pending item is
+   ``late_streak``-th late item in a row (no item of any key in time between them; default
+   one more than the number of keys, so one late frame per camera is still just late, as
+   threads decoding in parallel may push them), is a *jump back*: every pending item is
    dropped (counted), the late watermarks are forgotten, and the item is queued as in rule 2.
 5. At a match, pending items more than ``jump_ns`` newer than the matched set are dropped as
    *future* (one bogus stamp must not sit in the queue for good), and a matched stamp more
@@ -137,7 +139,7 @@ class StampPairer:
     """Thread-safe, bounded matcher of messages from several keyed streams by stamp."""
 
     def __init__(self, keys: Sequence[str], tolerance_ns: int, max_pending: int = 8,
-                 jump_ns: Optional[int] = None, late_streak: int = 2) -> None:
+                 jump_ns: Optional[int] = None, late_streak: Optional[int] = None) -> None:
         """Create a pairer.
 
         Args:
@@ -148,8 +150,8 @@ class StampPairer:
             max_pending: items kept per key while waiting for partners (>= 1).
             jump_ns: recover from time jumps (rules 4 and 5) larger than this, ns (> 0); None
                 (default) never resets, as a bag read in log-time order wants.
-            late_streak: with ``jump_ns``, this many late items of one key in a row are a jump
-                back too, however small (>= 1).
+            late_streak: with ``jump_ns``, this many late items in a row (any keys) are a
+                jump back too, however small (>= 1); default ``len(keys) + 1``.
 
         Raises:
             ValueError: on an empty or duplicate key list, a negative tolerance,
@@ -164,6 +166,7 @@ class StampPairer:
             raise ValueError(f'max_pending must be >= 1, got {max_pending}')
         if jump_ns is not None and jump_ns <= 0:
             raise ValueError(f'jump_ns must be > 0 or None, got {jump_ns}')
+        late_streak = len(keys) + 1 if late_streak is None else late_streak
         if late_streak < 1:
             raise ValueError(f'late_streak must be >= 1, got {late_streak}')
         self._keys = keys
@@ -181,7 +184,7 @@ class StampPairer:
         self._overflow = dict.fromkeys(keys, 0)
         self._jump_ns = None if jump_ns is None else int(jump_ns)
         self._late_streak = int(late_streak)
-        self._streak = dict.fromkeys(keys, 0)
+        self._streak = 0  # late pushes in a row, any key
         self._future = dict.fromkeys(keys, 0)
         self._jumps_back = 0
         self._jumps_forward = 0
@@ -221,10 +224,10 @@ class StampPairer:
                 if not self._jumped_back(key, stamp_ns, watermark):
                     self._late[key] += 1
                     self._dropped[key] += 1
-                    self._streak[key] += 1
+                    self._streak += 1
                     return None
                 self._reset_after_jump(TimeJump(key, watermark, stamp_ns))
-            self._streak[key] = 0
+            self._streak = 0
             stamps, items = self._stamps[key], self._items[key]
             index = bisect.bisect_right(stamps, stamp_ns)
             stamps.insert(index, stamp_ns)
@@ -248,7 +251,7 @@ class StampPairer:
                 self._stamps[key].clear()
                 self._items[key].clear()
                 self._last_matched[key] = None
-                self._streak[key] = 0
+            self._streak = 0
             self._last_reference = None
             self._gaps.clear()
 
@@ -282,7 +285,7 @@ class StampPairer:
         if self._jump_ns is None:
             return False
         return (watermark - stamp_ns > self._jump_ns
-                or self._streak[key] + 1 >= self._late_streak)
+                or self._streak + 1 >= self._late_streak)
 
     def _reset_after_jump(self, jump: TimeJump) -> None:
         """Rule 4: forget the old timeline; what waited is dropped and counted."""
@@ -291,7 +294,7 @@ class StampPairer:
             self._stamps[key].clear()
             self._items[key].clear()
             self._last_matched[key] = None
-            self._streak[key] = 0
+        self._streak = 0
         self._last_reference = None
         self._jumps_back += 1
         self._last_jump = jump

@@ -312,3 +312,14 @@ def test_jump_arguments_are_checked():
         StampPairer(['a'], tolerance_ns=0, jump_ns=0)
     with pytest.raises(ValueError, match='late_streak'):
         StampPairer(['a'], tolerance_ns=0, jump_ns=S, late_streak=0)
+
+
+def test_one_late_frame_per_camera_from_parallel_decoding_is_no_jump():
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    assert _stream(pairer, [10 * PERIOD, 11 * PERIOD]) == [10 * PERIOD, 11 * PERIOD]
+    # Both cameras' frame 9 is pushed after frame 11 matched (threads racing): just late.
+    assert pairer.push('left', 9 * PERIOD, 'l9') is None
+    assert pairer.push('right', 9 * PERIOD, 'r9') is None
+    assert _stream(pairer, [12 * PERIOD]) == [12 * PERIOD]
+    assert pairer.stats.jumps_back == 0
+    assert pairer.stats.dropped_late == {'left': 1, 'right': 1}
