@@ -932,7 +932,7 @@ class _Sqlite3Source:
             fixed = self._fix_header(path, Path(self._tmp.name) / f'{index}.db3')
             if fixed is None:
                 raise _Damage(f'{path.name} is not a readable sqlite3 bag: {first}') from first
-            _LOG.warning('%s is cut short; reading a copy with a repaired header', path)
+            _LOG.info('%s is cut short; reading a copy with a repaired header', path)
             self._cut.append(path.name)
             try:
                 return self._connect(fixed)
@@ -1194,7 +1194,7 @@ class BagReader:
         """
         self._source = _open_source(self.path)
         if self._source.damaged:
-            _LOG.warning('bag %s is damaged; reading what precedes the damage', self.path)
+            _LOG.info('bag %s is damaged; reading what precedes the damage', self.path)
 
     def close(self) -> None:
         """Close the storage files."""

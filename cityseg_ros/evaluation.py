@@ -37,6 +37,7 @@ import contextlib
 import csv
 from dataclasses import dataclass, field
 import heapq
+import io
 import json
 import logging
 import math
@@ -59,14 +60,20 @@ if TYPE_CHECKING:  # the engine pulls in torch; scoring recorded predictions doe
     from cityseg_ros.engine import Segmenter
 
 __all__ = [
-    'OUTPUT_FILES', 'EvalOptions', 'ModelInfo', 'FrameResult', 'SkippedFrame', 'StageTiming',
-    'Evaluation', 'BagEvaluator', 'merge_evaluations', 'load_evaluation', 'write_outputs',
+    'OUTPUT_FILES', 'MAX_BATCH_SIZE', 'MAX_TOLERANCE_NS', 'EvalOptions', 'ModelInfo',
+    'FrameResult', 'SkippedFrame', 'StageTiming', 'Evaluation', 'BagEvaluator',
+    'merge_evaluations', 'load_evaluation', 'check_output_folder', 'write_outputs',
     'write_metrics_json', 'write_report', 'write_confusion_png', 'write_frames_csv',
 ]
 
 _LOG = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
+
+#: Largest batch: images are decoded and held until their batch runs.
+MAX_BATCH_SIZE = 256
+#: Largest stamp tolerance: a minute; frames of one camera are milliseconds apart.
+MAX_TOLERANCE_NS = 60 * 10**9
 
 #: What :func:`write_outputs` writes into the output folder.
 OUTPUT_FILES: tuple[str, ...] = ('metrics.json', 'report.md', 'confusion.png', 'frames.csv',
@@ -127,10 +134,11 @@ class EvalOptions:
                               'e.g. 0/2 and 1/2')
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f'limit must be at least 1 frame, got {self.limit}')
-        if self.batch_size < 1:
-            raise ConfigError(f'batch size must be at least 1, got {self.batch_size}')
-        if self.tolerance_ns < 0:
-            raise ConfigError(f'stamp tolerance must be >= 0, got {self.tolerance_ns} ns')
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f'batch size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}')
+        if not 0 <= self.tolerance_ns <= MAX_TOLERANCE_NS:
+            raise ConfigError(f'stamp tolerance must be 0..{MAX_TOLERANCE_NS / 1e6:g} ms, got '
+                              f'{self.tolerance_ns / 1e6:g} ms')
         topics = [t for t in (self.scored_topic, self.gt_topic, self.instance_topic) if t]
         if len(set(topics)) != len(topics):
             raise ConfigError(f'the scored, GT and instance topics must differ, got {topics}')
@@ -394,6 +402,11 @@ class BagEvaluator:
         return topics
 
     @property
+    def matched_frames(self) -> int:
+        """Frames of the whole bag (all shards) that had all their parts, after :meth:`run`."""
+        return self._matched_frames
+
+    @property
     def expected_frames(self) -> Optional[int]:
         """Frames this run will score at most (from the bag's message counts), if known."""
         count = self._counts.get(_REF)
@@ -470,8 +483,8 @@ class BagEvaluator:
                 raise BagError(f'topic {topic} of bag {self.bag} holds {topics[topic].msgtype}, '
                                f'not {IMAGE_TYPE} ({what}); pass an image topic with {flag}')
         if opts.instance_topic and _INST not in wanted:
-            _LOG.warning('bag %s has no %s: frames are scored without instance ids, iIoU is '
-                         'undefined', self.bag, opts.instance_topic)
+            _LOG.info('bag %s has no %s: frames are scored without instance ids, iIoU is '
+                      'undefined', self.bag, opts.instance_topic)
         self.evaluation.topics = {'scored': wanted[_REF], 'gt': wanted[_GT],
                                   'instance': wanted.get(_INST)}
         return wanted
@@ -695,58 +708,162 @@ class BagEvaluator:
 # Shards: load and merge
 
 
+# Caps on the shard files merge reads: metrics.json lists every skipped frame (~100 bytes
+# each), frames.csv one ~100-byte row per frame; 64 MiB / 256 MiB are runs of millions.
+_MAX_METRICS_BYTES = 64 * 2**20
+_MAX_FRAMES_CSV_BYTES = 256 * 2**20
+
+
+class _Bad(Exception):
+    """Internal: a field of a shard file that is not what :func:`write_outputs` writes."""
+
+
+def _get(data: dict, key: str, kinds: tuple, default: Any = None) -> Any:
+    value = data.get(key, default)
+    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)
+                              and bool not in kinds):
+        raise _Bad(f'{key!r} is {type(value).__name__}')
+    return value
+
+
+def _count(value: Any, what: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
+        raise _Bad(f'{what} is {value!r}, not an integer >= {low}')
+    return value
+
+
+def _seconds(value: Any, what: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value < math.inf:
+        raise _Bad(f'{what} is {value!r}, not a finite number >= 0')
+    return float(value)
+
+
+def _parse_metrics(data: Any, evaluation: Evaluation) -> None:
+    """Fill ``evaluation`` from a ``metrics.json`` document, checking every field used."""
+    if not isinstance(data, dict):
+        raise _Bad(f'the document is a {type(data).__name__}, not an object')
+    model = _get(data, 'model', (dict,))
+    if model is not None:
+        size = model.get('input_size')
+        if not (isinstance(size, list) and len(size) == 2):
+            raise _Bad('model.input_size is not [height, width]')
+        texts = [_get(model, k, (str,), '') for k in ('device', 'precision', 'tta')]
+        name = _get(model, 'name', (str,))
+        if not name:
+            raise _Bad('model.name is missing')
+        evaluation.model = ModelInfo(name, _get(model, 'weights', (str,)), *texts,
+                                     (_count(size[0], 'model.input_size'),
+                                      _count(size[1], 'model.input_size')))
+    topics = _get(data, 'topics', (dict,)) or {}
+    if not all(isinstance(k, str) and (v is None or isinstance(v, str))
+               for k, v in topics.items()):
+        raise _Bad('topics is not {role: topic}')
+    shard = _get(data, 'shard', (list,))
+    if shard is not None:
+        if len(shard) != 2:
+            raise _Bad(f'shard is {shard!r}, not [i, n]')
+        index, count = _count(shard[0], 'shard'), _count(shard[1], 'shard', 1)
+        if index >= count:
+            raise _Bad(f'shard {index}/{count} does not exist')
+        evaluation.shard = (index, count)
+    limit = _get(data, 'limit', (int,))
+    evaluation.limit = None if limit is None else _count(limit, 'limit', 1)
+    evaluation.bag = _get(data, 'bag', (str,))
+    evaluation.topics = dict(topics)
+    evaluation.partial = bool(_get(data, 'partial', (bool,), False))
+    evaluation.error = _get(data, 'error', (str,))
+    skipped = _get(data, 'skipped', (list,), [])
+    evaluation.skipped = []
+    for entry in skipped:
+        if not isinstance(entry, dict) or not isinstance(entry.get('reason'), str):
+            raise _Bad('skipped holds an entry that is not {stamp_ns, reason}')
+        evaluation.skipped.append(SkippedFrame(_count(entry.get('stamp_ns'), 'a skipped stamp'),
+                                               entry['reason']))
+    timing = _get(data, 'timing', (dict,)) or {}
+    stages = ('decode_s', 'inference_s', 'scoring_s', 'wall_s')
+    evaluation.timing = StageTiming(
+        *(_seconds(timing.get(k), f'timing.{k}') for k in stages),
+        workers=_count(timing.get('workers') or 1, 'timing.workers', 1))
+
+
 def _float(text: str) -> float:
-    return float(text) if text not in ('', 'nan', 'None') else math.nan
+    if text in ('', 'nan', 'None'):
+        return math.nan
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f'{text!r} is infinite')
+    return value
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    size = path.stat().st_size
+    if size > limit:
+        raise _Bad(f'{size} bytes, more than any evaluation writes ({limit} at most)')
+    return path.read_bytes()
 
 
 def load_evaluation(folder: PathLike) -> Evaluation:
     """Read an evaluation written by :func:`write_outputs` (a shard) back.
 
     ``counts.npz`` is required; ``metrics.json`` (run description, timing, skipped frames)
-    and ``frames.csv`` (per-frame rows) are read when present.
+    and ``frames.csv`` (per-frame rows) are read when present. All three are hostile input:
+    size-capped, every field checked.
 
     Args:
         folder: the output folder, or its ``counts.npz``.
 
     Raises:
-        CitysegError: no counts file, or a damaged one.
+        CitysegError: no counts file, or a damaged or inconsistent shard; one line that names
+            the file.
     """
     folder = Path(folder)
     if folder.is_file():
+        if folder.name != 'counts.npz':
+            raise CitysegError(f'{folder} is a file; pass the output folder of an evaluate run '
+                               '(or its counts.npz)')
         folder = folder.parent
+    elif not folder.is_dir():
+        raise CitysegError(f'{folder} not found; pass the output folders of evaluate runs')
     counts = Counts.load(folder / 'counts.npz')
     evaluation = Evaluation(counts=counts, shard=None, merged_from=[str(folder)])
     metrics_path = folder / 'metrics.json'
-    if metrics_path.is_file():
+    if metrics_path.exists():
         try:
-            data = json.loads(metrics_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CitysegError(f'{metrics_path} is not readable JSON ({exc}); re-run that '
-                               'shard or remove the file to merge its counts alone') from exc
-        timing = data.get('timing') or {}
-        model = data.get('model')
-        evaluation.bag = data.get('bag')
-        evaluation.model = None if model is None else ModelInfo(
-            model['name'], model.get('weights'), model.get('device', ''),
-            model.get('precision', ''), model.get('tta', ''), tuple(model['input_size']))
-        evaluation.topics = dict(data.get('topics') or {})
-        evaluation.shard = tuple(data['shard']) if data.get('shard') else None
-        evaluation.limit = data.get('limit')
-        evaluation.partial = bool(data.get('partial'))
-        evaluation.error = data.get('error')
-        evaluation.skipped = [SkippedFrame(int(s['stamp_ns']), str(s['reason']))
-                              for s in data.get('skipped', [])]
-        evaluation.timing = StageTiming(
-            *(float(timing.get(k) or 0.0) for k in ('decode_s', 'inference_s', 'scoring_s',
-                                                    'wall_s')),
-            workers=int(timing.get('workers') or 1))
+            data = json.loads(_read_capped(metrics_path, _MAX_METRICS_BYTES))
+            _parse_metrics(data, evaluation)
+        except (OSError, ValueError, RecursionError, _Bad) as exc:
+            raise CitysegError(f'{metrics_path} is not a metrics.json of evaluate ({_text(exc)}'
+                               '); re-run that shard, or remove the file to merge its counts '
+                               'alone') from None
     frames_path = folder / 'frames.csv'
-    if frames_path.is_file():
-        with frames_path.open(newline='') as handle:
+    if frames_path.exists():
+        try:
+            text = _read_capped(frames_path, _MAX_FRAMES_CSV_BYTES).decode()
+            rows = csv.DictReader(io.StringIO(text, newline=''))
+            if rows.fieldnames is None or list(rows.fieldnames) != list(_FRAME_FIELDS):
+                raise _Bad(f'its columns are {rows.fieldnames}, not {", ".join(_FRAME_FIELDS)}')
             evaluation.frames = [
-                FrameResult(int(row['stamp_ns']), *(_float(row[k]) for k in _FRAME_FIELDS[1:]))
-                for row in csv.DictReader(handle)]
+                FrameResult(_count(int(row['stamp_ns']), 'stamp_ns'),
+                            *(_float(row[k]) for k in _FRAME_FIELDS[1:]))
+                for row in rows]
+        except (OSError, ValueError, TypeError, csv.Error, _Bad) as exc:
+            raise CitysegError(f'{frames_path} is not a frames.csv of evaluate ({_text(exc)}); '
+                               're-run that shard, or remove the file to merge without '
+                               'per-frame rows') from None
+        if len(evaluation.frames) != counts.frames:
+            raise CitysegError(f'{frames_path} lists {len(evaluation.frames)} frames but '
+                               f'counts.npz counts {counts.frames}; the shard is inconsistent, '
+                               're-run it')
     return evaluation
+
+
+def _text(exc: BaseException) -> str:
+    """One short line for an error message."""
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + '...'
 
 
 def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
@@ -811,18 +928,43 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
 def write_outputs(evaluation: Evaluation, out_dir: PathLike) -> list[Path]:
     """Write :data:`OUTPUT_FILES` into ``out_dir`` (created if needed); return their paths."""
     out = Path(out_dir)
+    check_output_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f'cannot create the output folder {out}: {exc.strerror}; pass a '
                           'writable --out') from exc
     paths = [out / name for name in OUTPUT_FILES]
-    write_metrics_json(evaluation, paths[0])
-    write_report(evaluation, paths[1])
-    write_confusion_png(evaluation, paths[2])
-    write_frames_csv(evaluation, paths[3])
-    evaluation.counts.save(paths[4])
+    try:
+        write_metrics_json(evaluation, paths[0])
+        write_report(evaluation, paths[1])
+        write_confusion_png(evaluation, paths[2])
+        write_frames_csv(evaluation, paths[3])
+        evaluation.counts.save(paths[4])
+    except OSError as exc:
+        raise ConfigError(f'cannot write {exc.filename or out}: {exc.strerror or exc}; pass a '
+                          'writable --out') from exc
     return paths
+
+
+def check_output_folder(out_dir: PathLike) -> None:
+    """Check, before a long run, that :func:`write_outputs` can write into ``out_dir``.
+
+    Raises:
+        ConfigError: ``out_dir`` (or a folder above it) is a file, or one of
+            :data:`OUTPUT_FILES` in it is a folder.
+    """
+    out = Path(out_dir)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f'--out {out}: {parent} is a file, not a folder; pass a '
+                                  'folder to write the results into')
+            break
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise ConfigError(f'--out {out}: {out / name} is a folder; remove it or pass '
+                              'another --out')
 
 
 def write_metrics_json(evaluation: Evaluation, path: PathLike) -> None:

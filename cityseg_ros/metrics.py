@@ -30,10 +30,12 @@ prove the equality against the ``cityscapesscripts`` package itself.
 """
 
 from dataclasses import dataclass, field
+import io
 import math
 import os
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
+import zipfile
 
 from cityseg_ros.errors import CitysegError, ImageError
 from cityseg_ros.labels import (CATEGORY_NAMES, CLASS_NAMES, ID_TO_TRAINID, IGNORE_ID,
@@ -42,7 +44,7 @@ from cityseg_ros.labels import (CATEGORY_NAMES, CLASS_NAMES, ID_TO_TRAINID, IGNO
 import numpy as np
 
 __all__ = [
-    'AVG_CLASS_SIZE', 'INSTANCE_CATEGORIES', 'Counts', 'Scores', 'FrameStats',
+    'AVG_CLASS_SIZE', 'INSTANCE_CATEGORIES', 'MAX_COUNT', 'Counts', 'Scores', 'FrameStats',
     'confusion', 'frame_stats',
 ]
 
@@ -72,6 +74,12 @@ INSTANCE_CATEGORIES: tuple[str, ...] = ('human', 'vehicle')
 _N = NUM_CLASSES
 _OTHER = _N  # the confusion column of predictions outside 0..18
 _FORMAT_VERSION = 1
+#: Largest count a saved file may hold: floats add integers exactly below 2**53, and 1024
+#: shards of it still fit int64.
+MAX_COUNT = 2**53
+# counts.npz holds ~4 KiB; anything far larger is not one.
+_MAX_NPZ_BYTES = 1 << 20
+_MAX_NPZ_MEMBERS = 16
 
 #: int64[19]: labelId of each trainId, the GT rows kept from a (labelId, prediction) histogram.
 _TRAIN_ROWS = TRAINID_TO_ID[:_N].astype(np.intp)
@@ -400,7 +408,15 @@ class Counts:
         np.add.at(self.category_fn_weighted, cat, (size - cat_tp).astype(np.float64) * weight)
 
     def merge(self, other: 'Counts') -> 'Counts':
-        """Add ``other``'s counts into this one in place and return ``self``."""
+        """Add ``other``'s counts into this one in place and return ``self``.
+
+        Raises:
+            CitysegError: a sum would pass :data:`MAX_COUNT` (int64 would wrap silently).
+        """
+        if (self.frames + other.frames > MAX_COUNT
+                or (other.confusion > MAX_COUNT - self.confusion).any()):
+            raise CitysegError(f'merged counts would exceed {MAX_COUNT}; these cannot be '
+                               'counts of real frames (a damaged or edited counts file)')
         for name in self._ARRAYS:
             getattr(self, name).__iadd__(getattr(other, name))
         self.frames += other.frames
@@ -427,34 +443,42 @@ class Counts:
 
     @classmethod
     def load(cls, path: PathLike) -> 'Counts':
-        """Read counts written by :meth:`save`.
+        """Read counts written by :meth:`save`; the file is checked as hostile input.
+
+        Nothing is unpickled, every array header is checked against its member's size and a
+        cap before its data is read, and the values must be possible counts (integers in
+        0..2**53, finite non-negative weights, no more instance frames than frames).
 
         Raises:
-            CitysegError: the file is missing, not a counts file, or of another label set.
+            CitysegError: the file is missing, not a counts file, of another label set, or
+                holds impossible values; the message says which and what to do.
         """
         path = Path(path)
         if not path.is_file():
             raise CitysegError(f'counts file {path} not found; pass a file written by '
                                'Counts.save (an evaluate shard)')
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                fields = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as exc:
-            raise CitysegError(f'cannot read counts file {path} ({exc}); pass a file written '
-                               'by Counts.save') from exc
+        fields = _read_npz(path)
         missing = [name for name in ('version', 'class_names', 'frames', 'instance_frames',
                                      *cls._ARRAYS) if name not in fields]
         if missing:
             raise CitysegError(f'{path} is not a counts file: no {", ".join(missing)}; pass a '
                                'file written by Counts.save')
-        if int(fields['version']) != _FORMAT_VERSION:
-            raise CitysegError(f'{path} has counts format {int(fields["version"])}, this '
+        scalars = {}
+        for name in ('version', 'frames', 'instance_frames'):
+            value = fields[name]
+            if value.shape != () or value.dtype.kind not in 'iu':
+                raise CitysegError(f'{path}: {name} must be one integer, got {value.dtype} of '
+                                   f'shape {value.shape}; the file is damaged, re-run the '
+                                   'evaluation')
+            scalars[name] = int(value)
+        if scalars['version'] != _FORMAT_VERSION:
+            raise CitysegError(f'{path} has counts format {scalars["version"]}, this '
                                f'version reads {_FORMAT_VERSION}; re-run the evaluation')
-        if tuple(fields['class_names'].tolist()) != CLASS_NAMES:
+        names = fields['class_names']
+        if names.dtype.kind != 'U' or tuple(names.tolist()) != CLASS_NAMES:
             raise CitysegError(f'{path} counts other classes than the 19 Cityscapes classes; '
                                'it cannot be merged with these counts')
-        counts = cls(frames=int(fields['frames']),
-                     instance_frames=int(fields['instance_frames']))
+        counts = cls(frames=scalars['frames'], instance_frames=scalars['instance_frames'])
         for name in cls._ARRAYS:
             expected = getattr(counts, name)
             value = fields[name]
@@ -462,8 +486,97 @@ class Counts:
                 raise CitysegError(f'{path}: {name} has shape {value.shape} dtype {value.dtype}, '
                                    f'expected {expected.shape} {expected.dtype}; the file is '
                                    'damaged, re-run the evaluation')
-            setattr(counts, name, value.copy())
+            setattr(counts, name, np.array(value))
+        counts.check(str(path))
         return counts
+
+    def check(self, what: str = 'counts') -> None:
+        """Raise :class:`CitysegError` unless every value is a possible count.
+
+        Integers lie in 0..:data:`MAX_COUNT` (so thousands of shards still add up exactly in
+        int64), weights are finite and non-negative, instance frames at most the frames, and
+        zero frames count nothing.
+        """
+        problems = []
+        for name in ('frames', 'instance_frames'):
+            if not 0 <= getattr(self, name) <= MAX_COUNT:
+                problems.append(f'{name} = {getattr(self, name)}')
+        if self.instance_frames > self.frames:
+            problems.append(f'instance_frames {self.instance_frames} > frames {self.frames}')
+        if self.confusion.size and not (0 <= self.confusion.min()
+                                        and self.confusion.max() <= MAX_COUNT):
+            problems.append(f'confusion values from {self.confusion.min()} to '
+                            f'{self.confusion.max()}')
+        for name in self._ARRAYS[1:]:
+            value = getattr(self, name)
+            if not (np.isfinite(value).all() and (value >= 0).all()):
+                problems.append(f'{name} holds negative, NaN or infinite values')
+        if self.frames == 0 and any(getattr(self, n).any() for n in self._ARRAYS):
+            problems.append('counts without frames')
+        if problems:
+            raise CitysegError(f'{what} holds impossible counts ({"; ".join(problems)}); the '
+                               'file is damaged or was edited, re-run that evaluation')
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read the arrays of a small ``.npz`` without trusting it.
+
+    ``np.load`` allocates whatever shape a member's header claims (an 8 TiB array from a 1 KiB
+    file) and may unpickle; here the file, the member count and sizes are capped, object
+    dtypes refused, and each header's shape x itemsize must equal the bytes the member holds.
+
+    Raises:
+        CitysegError: naming the file and what is wrong with it.
+    """
+    def damaged(reason: str) -> CitysegError:
+        return CitysegError(f'cannot read counts file {path}: {reason}; pass a file written by '
+                            'Counts.save (re-run the evaluation if it is damaged)')
+
+    try:
+        size = path.stat().st_size
+        if size > _MAX_NPZ_BYTES:
+            raise damaged(f'{size} bytes, far more than counts take ({_MAX_NPZ_BYTES} at most)')
+        data = path.read_bytes()  # small: zipfile then never reads past what is there
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except CitysegError:
+        raise
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise damaged(f'not an npz archive ({exc})') from None
+    fields: dict[str, np.ndarray] = {}
+    with archive:
+        members = archive.infolist()
+        if len(members) > _MAX_NPZ_MEMBERS:
+            raise damaged(f'{len(members)} members')
+        for info in members:
+            name = info.filename[:-4] if info.filename.endswith('.npy') else ''
+            if not name or name in fields:
+                raise damaged(f'an unexpected member {info.filename!r}')
+            if info.file_size > _MAX_NPZ_BYTES:
+                raise damaged(f'member {info.filename} declares {info.file_size} bytes')
+            try:
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f'npy format version {version}')
+                    if dtype.hasobject:
+                        raise ValueError('an object array (pickles are never loaded)')
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if nbytes != info.file_size - member.tell():
+                        raise ValueError(f'a {shape} {dtype} header over '
+                                         f'{info.file_size - member.tell()} bytes of data')
+                    raw = member.read(nbytes)
+                    if len(raw) != nbytes:
+                        raise ValueError('data cut short')
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError,
+                    TypeError) as exc:
+                raise damaged(f'member {info.filename}: {exc}') from None
+            array = np.frombuffer(raw, dtype=dtype)
+            fields[name] = array.reshape(shape, order='F' if fortran else 'C')
+    return fields
 
 
 def _json_float(value: float) -> Optional[float]:

@@ -20,119 +20,38 @@ error and its peak resident memory.
 """
 
 import json
-import os
-from pathlib import Path
 import struct
-import subprocess
-import sys
-import textwrap
 
-from cityseg_ros.bags import (_typestore, BagReader, BagWriter, image_msg, IMAGE_TYPE,
-                              MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES)
+from cityseg_ros.bags import BagReader, BagWriter, MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from cityseg_ros.errors import BagError
+from hostile import (GIB, image_cdr, lz4_bomb, lz4_compress, mcap_chunk, mcap_message,
+                     mcap_record, mcap_string, run_child, STAMP, TOPIC, write_mcap, zstd_bomb,
+                     zstd_compress)
 import numpy as np
 import pytest
 
-TOPIC = '/cam'
-GT = '/gt'
-MAGIC = b'\x89MCAP0\r\n'
-STAMP = 1_600_000_000 * 10**9
-GIB = 2**30
 # Far below what a bomb would take (several GiB) and far above what reading a small bag takes.
 PEAK_RSS_LIMIT = 1 * GIB
 
-_CHILD = textwrap.dedent("""
-    import json, resource, sys
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-    from cityseg_ros.bags import BagReader
-    from cityseg_ros.errors import BagError
-    result = {'error': None, 'images': 0}
-    try:
-        with BagReader(sys.argv[1]) as bag:
-            for record in bag.read_images(sys.argv[2]):
-                result['images'] += 1
-    except BagError as exc:
-        result['error'] = str(exc)
-    result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(result))
-""")
+_READ_ALL = """
+import json, resource, sys
+from cityseg_ros.bags import BagReader
+from cityseg_ros.errors import BagError
+result = {'error': None, 'images': 0}
+try:
+    with BagReader(sys.argv[1]) as bag:
+        for record in bag.read_images(sys.argv[2]):
+            result['images'] += 1
+except BagError as exc:
+    result['error'] = str(exc)
+result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(result))
+"""
 
 
 def read_in_child(path, topic=TOPIC):
     """Read every image of ``topic`` in a 4 GiB-limited child; return its JSON report."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run([sys.executable, '-c', _CHILD, str(path), topic], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# -- a minimal mcap writer (https://mcap.dev/spec) ---------------------------------------------
-
-def _string(text):
-    data = text.encode()
-    return struct.pack('<I', len(data)) + data
-
-
-def _record(opcode, content):
-    return struct.pack('<BQ', opcode, len(content)) + content
-
-
-def _image_cdr(value=7):
-    msg = image_msg(np.full((4, 6), value, np.uint8), 'mono8', STAMP, 'f')
-    return bytes(_typestore().serialize_cdr(msg, IMAGE_TYPE))
-
-
-def _message(channel=1, data=None, stamp=STAMP):
-    data = _image_cdr() if data is None else data
-    return _record(0x05, struct.pack('<HIQQ', channel, 0, stamp, stamp) + data)
-
-
-def _chunk(records, compression='', stored=None, size=None):
-    stored = records if stored is None else stored
-    size = len(records) if size is None else size
-    return _record(0x06, struct.pack('<QQQI', STAMP, STAMP, size, 0) + _string(compression)
-                   + struct.pack('<Q', len(stored)) + stored)
-
-
-def _definitions(topics=(TOPIC,)):
-    out = _record(0x03, struct.pack('<H', 1) + _string(IMAGE_TYPE) + _string('ros2msg')
-                  + _string(''))
-    for channel, topic in enumerate(topics, 1):
-        out += _record(0x04, struct.pack('<HH', channel, 1) + _string(topic) + _string('cdr')
-                       + struct.pack('<I', 0))
-    return out
-
-
-def write_mcap(path, data, topics=(TOPIC,), footer=True):
-    """Write an mcap whose data section is ``data``; with a summary and footer if asked."""
-    out = MAGIC + _record(0x01, _string('ros2') + _string('cityseg test'))
-    out += _definitions(topics) + data + _record(0x0F, struct.pack('<I', 0))
-    if footer:
-        summary = len(out)
-        counts = b''.join(struct.pack('<HQ', c, 1) for c in range(1, len(topics) + 1))
-        stats = _record(0x0B, struct.pack('<QHIIIIQQ', len(topics), 1, len(topics), 0, 0, 0,
-                                          STAMP, STAMP) + struct.pack('<I', len(counts)) + counts)
-        out += _definitions(topics) + stats
-        out += _record(0x02, struct.pack('<QQI', summary, 0, 0)) + MAGIC
-    path.write_bytes(out)
-    return path
-
-
-def _zstd_bomb(gib):
-    """Concatenated zstd frames of zeros: a few KiB that inflate to ``gib`` GiB."""
-    try:
-        from compression import zstd
-    except ImportError:
-        from backports import zstd
-    frame = zstd.compress(bytes(64 * 2**20))
-    return frame * (gib * 16)
-
-
-def _lz4_bomb(gib):
-    import lz4.frame
-    frame = lz4.frame.compress(bytes(64 * 2**20))
-    return frame * (gib * 16)
+    return run_child(_READ_ALL, path, topic)
 
 
 # -- the builder itself is a valid bag -----------------------------------------------------------
@@ -140,10 +59,10 @@ def _lz4_bomb(gib):
 @pytest.mark.parametrize('footer', [True, False])
 @pytest.mark.parametrize('compression', ['', 'zstd', 'lz4'])
 def test_the_test_mcap_writer_makes_bags_that_read_back(tmp_path, footer, compression):
-    records = _message(data=_image_cdr(3)) + _message(data=_image_cdr(5), stamp=STAMP + 1)
-    stored = {'': lambda b: b, 'zstd': lambda b: _zstd(b), 'lz4': lambda b: _lz4(b)}
-    path = write_mcap(tmp_path / 'ok.mcap',
-                      _chunk(records, compression, stored[compression](records)), footer=footer)
+    records = mcap_message(data=image_cdr(3)) + mcap_message(data=image_cdr(5), stamp=STAMP + 1)
+    stored = {'': records, 'zstd': zstd_compress(records), 'lz4': lz4_compress(records)}
+    path = write_mcap(tmp_path / 'ok.mcap', mcap_chunk(records, compression, stored[compression]),
+                      footer=footer)
     values = []
     with BagReader(path) as bag:
         assert bag.damaged is not footer
@@ -155,45 +74,32 @@ def test_the_test_mcap_writer_makes_bags_that_read_back(tmp_path, footer, compre
     assert values == [3, 5]
 
 
-def _zstd(data):
-    try:
-        from compression import zstd
-    except ImportError:
-        from backports import zstd
-    return zstd.compress(data)
-
-
-def _lz4(data):
-    import lz4.frame
-    return lz4.frame.compress(data)
-
-
 # -- crafted files ---------------------------------------------------------------------------
 
 def _crafted(case):
     """Return (data section, footer?) of a crafted file, and what the error must say."""
-    ok = _message()
+    ok = mcap_message()
     if case == 'huge message length':
         return ok + struct.pack('<BQ', 0x05, 2**62) + bytes(64), 'claims'
     if case == 'huge skipped record':  # an attachment record that would be skipped
         return ok + struct.pack('<BQ', 0x09, 2**63 - 1) + bytes(64), 'claims'
     if case == 'message longer than the cap':  # zeros: a small chunk on disk
-        big = _message(data=bytes(MAX_MESSAGE_BYTES + 1))
-        return ok + _chunk(big, 'zstd', _zstd(big)), f'more than {MAX_MESSAGE_BYTES}'
+        big = mcap_message(data=bytes(MAX_MESSAGE_BYTES + 1))
+        return ok + mcap_chunk(big, 'zstd', zstd_compress(big)), f'more than {MAX_MESSAGE_BYTES}'
     if case == 'huge chunk payload length':
-        body = struct.pack('<QQQI', 0, 0, 10, 0) + _string('') + struct.pack('<Q', 2**62)
-        return ok + _record(0x06, body + bytes(32)), 'longer than its record'
+        body = struct.pack('<QQQI', 0, 0, 10, 0) + mcap_string('') + struct.pack('<Q', 2**62)
+        return ok + mcap_record(0x06, body + bytes(32)), 'longer than its record'
     if case == 'huge name':
-        channel = struct.pack('<HH', 2, 1) + struct.pack('<I', 2**31) + b'/x' + _string('cdr')
-        return ok + _record(0x04, channel), 'longer than its record'
+        channel = struct.pack('<HH', 2, 1) + struct.pack('<I', 2**31) + b'/x' + mcap_string('cdr')
+        return ok + mcap_record(0x04, channel), 'longer than its record'
     if case == 'zstd bomb, small declared size':
-        return ok + _chunk(ok, 'zstd', _zstd_bomb(5), size=len(ok)), 'inflates to more'
+        return ok + mcap_chunk(ok, 'zstd', zstd_bomb(5), size=len(ok)), 'inflates to more'
     if case == 'zstd bomb, huge declared size':
-        return ok + _chunk(ok, 'zstd', _zstd_bomb(5), size=2**40), 'declares'
+        return ok + mcap_chunk(ok, 'zstd', zstd_bomb(5), size=2**40), 'declares'
     if case == 'lz4 bomb':
-        return ok + _chunk(ok, 'lz4', _lz4_bomb(5), size=len(ok)), 'inflates to more'
+        return ok + mcap_chunk(ok, 'lz4', lz4_bomb(5), size=len(ok)), 'inflates to more'
     if case == 'chunk of an unknown compression':
-        return ok + _chunk(ok, 'brotli', ok), "compression 'brotli'"
+        return ok + mcap_chunk(ok, 'brotli', ok), "compression 'brotli'"
     raise AssertionError(case)
 
 
@@ -216,7 +122,7 @@ def test_crafted_mcap_raises_bag_error_in_bounded_memory(tmp_path, case, footer)
 
 def test_crafted_summary_is_not_trusted(tmp_path):
     """A summary whose maps claim more bytes than they have: the data is scanned instead."""
-    path = write_mcap(tmp_path / 'ok.mcap', _message())
+    path = write_mcap(tmp_path / 'ok.mcap', mcap_message())
     data = bytearray(path.read_bytes())
     (pos,) = struct.unpack_from('<Q', data, len(data) - 8 - 20)  # the footer's summary start
     while data[pos] != 0x0B:  # walk the summary records to the statistics
@@ -229,9 +135,9 @@ def test_crafted_summary_is_not_trusted(tmp_path):
 
 
 def test_chunk_declaring_more_than_the_cap_is_refused_before_inflating(tmp_path):
-    records = _message()
-    path = write_mcap(tmp_path / 'big.mcap',
-                      _chunk(records, 'zstd', _zstd(records), size=MAX_CHUNK_BYTES + 1))
+    records = mcap_message()
+    big = mcap_chunk(records, 'zstd', zstd_compress(records), size=MAX_CHUNK_BYTES + 1)
+    path = write_mcap(tmp_path / 'big.mcap', big)
     with BagReader(path) as bag:
         with pytest.raises(BagError, match=f'declares {MAX_CHUNK_BYTES + 1} bytes'):
             list(bag.read_images(TOPIC))
@@ -266,8 +172,9 @@ def test_zstd_bomb_in_a_message_compressed_bag_is_refused_in_bounded_memory(tmp_
     assert 'MESSAGE' in meta.read_text()
     with sqlite3.connect(db3) as db:
         rows = db.execute('SELECT id, data FROM messages ORDER BY id').fetchall()
-        db.execute('UPDATE messages SET data = ? WHERE id = ?', (_zstd(rows[0][1]), rows[0][0]))
-        db.execute('UPDATE messages SET data = ? WHERE id = ?', (_zstd_bomb(5), rows[1][0]))
+        first = zstd_compress(rows[0][1])
+        db.execute('UPDATE messages SET data = ? WHERE id = ?', (first, rows[0][0]))
+        db.execute('UPDATE messages SET data = ? WHERE id = ?', (zstd_bomb(5), rows[1][0]))
     report = read_in_child(tmp_path / 'bag')
     assert report['images'] == 1 and 'inflates to more' in report['error'], report
     assert report['peak_rss'] < PEAK_RSS_LIMIT, report

@@ -28,16 +28,19 @@ into ``--out``. A damaged bag still gets them, for the frames scored before the 
 """
 
 import argparse
+import logging
 from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
 from cityseg_ros.bags import TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS, TOPIC_LEFT_IMAGE
 from cityseg_ros.errors import BagError, CitysegError, ConfigError
-from cityseg_ros.evaluation import (BagEvaluator, EvalOptions, Evaluation, load_evaluation,
-                                    merge_evaluations, OUTPUT_FILES, write_outputs)
+from cityseg_ros.evaluation import (BagEvaluator, check_output_folder, EvalOptions, Evaluation,
+                                    load_evaluation, MAX_TOLERANCE_NS, merge_evaluations,
+                                    OUTPUT_FILES, write_outputs)
 from cityseg_ros.tools.common import EXIT_OK, run_cli
 from cityseg_ros.tools.segment_images import add_model_arguments, segmenter_from_args
+import cv2
 
 __all__ = ['build_parser', 'run', 'main', 'parse_shard']
 
@@ -116,8 +119,9 @@ def _summary(evaluation: Evaluation, out: Path) -> str:
 def _options(args: argparse.Namespace) -> EvalOptions:
     instance_topic = None if args.no_instances else (args.instance_topic
                                                      or TOPIC_GT_INSTANCE_IDS)
-    if not args.tolerance_ms >= 0:
-        raise ConfigError(f'--tolerance-ms must be >= 0, got {args.tolerance_ms}')
+    if not 0 <= args.tolerance_ms <= MAX_TOLERANCE_NS / 1e6:
+        raise ConfigError(f'--tolerance-ms must be 0..{MAX_TOLERANCE_NS / 1e6:g} (ms), got '
+                          f'{args.tolerance_ms}')
     return EvalOptions(
         left_topic=args.left_topic, gt_topic=args.gt_topic, instance_topic=instance_topic,
         require_instances=args.instance_topic is not None,
@@ -132,9 +136,16 @@ def _run_merge(args: argparse.Namespace) -> int:
         raise ConfigError('--merge needs the output folders of the shards: '
                           'evaluate merge --out DIR SHARD_DIR...')
     out = args.out.resolve()
-    if any(Path(d).resolve() in (out, out / 'counts.npz') for d in args.shard_dirs):
+    folders = [d.resolve().parent if d.name == 'counts.npz' else d.resolve()
+               for d in args.shard_dirs]
+    if out in folders:
         raise ConfigError(f'--out {args.out} is one of the shard folders; write the merge to '
                           'a new folder')
+    twice = sorted({str(d) for d in folders if folders.count(d) > 1})
+    if twice:
+        raise ConfigError(f'{", ".join(twice)} given more than once; pass each shard folder '
+                          'once')
+    check_output_folder(args.out)
     merged = merge_evaluations([load_evaluation(d) for d in args.shard_dirs])
     write_outputs(merged, args.out)
     print(_summary(merged, args.out))
@@ -143,8 +154,17 @@ def _run_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quiet_logs(verbose: bool) -> None:
+    """On stderr only warnings (one error line on failure); -v shows the library's info."""
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    # OpenCV logs corrupt JPEG/PNG data on stderr by itself; the error says it in one line.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the options and the bag, load the model, evaluate and write the outputs."""
+    _quiet_logs(args.verbose)
     if args.merge:
         return _run_merge(args)
     if args.shard_dirs:
@@ -156,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         raise BagError(f'--bag {args.bag} does not exist; pass a rosbag2 directory or a '
                        '.mcap/.db3 file (make_bag writes one from Cityscapes)')
     evaluator = BagEvaluator(args.bag, _options(args))
+    check_output_folder(args.out)
     try:
         evaluator.check()  # the topics, before spending time on loading a model
         segmenter = None if args.predictions_topic else segmenter_from_args(args)
@@ -171,6 +192,13 @@ def run(args: argparse.Namespace) -> int:
                 f'nothing was scored; {args.out}/metrics.json says so')
         raise type(exc)(f'{evaluator.evaluation.error}; {done} (partial: true)') from exc
     write_outputs(evaluation, args.out)
+    if not evaluation.counts.frames and (evaluation.shard == (0, 1)
+                                         or not evaluator.matched_frames):
+        skipped = len(evaluation.skipped)
+        topics = ', '.join(t for t in evaluation.topics.values() if t)
+        why = (f'{skipped} were skipped (reasons in {args.out}/metrics.json)' if skipped
+               else f'it holds no messages on {topics}')
+        raise BagError(f'no frame of {args.bag} could be scored: {why}')
     print(_summary(evaluation, args.out))
     return EXIT_OK
 
@@ -178,8 +206,9 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(evaluator: BagEvaluator, segmenter, quiet: bool) -> Evaluation:
     from tqdm import tqdm
 
-    with tqdm(total=evaluator.expected_frames, unit='frame', desc='evaluate', disable=quiet,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, CI).
+    with tqdm(total=evaluator.expected_frames, unit='frame', desc='evaluate',
+              disable=True if quiet else None, file=sys.stderr, dynamic_ncols=True) as bar:
         def advance(_row) -> None:
             bar.update()
             bar.set_postfix(mIoU=f'{evaluator.evaluation.scores.miou:.3f}', refresh=False)

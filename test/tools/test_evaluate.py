@@ -210,7 +210,7 @@ def test_merge_of_an_incomplete_shard_set_is_partial(tmp_path, capsys):
 
 @pytest.mark.parametrize('argv, message', [
     (['merge', '--out', 'OUT'], 'needs the output folders'),
-    (['merge', '--out', 'OUT', 'NOWHERE'], 'counts file'),
+    (['merge', '--out', 'OUT', 'NOWHERE'], 'not found'),
     (['--out', 'OUT'], '--bag is required'),
     (['--bag', 'NOWHERE', '--out', 'OUT'], 'does not exist'),
 ])
