@@ -12,79 +12,83 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Start segment_node (configured and activated by its ``autostart``), optionally with RViz.
+"""Start segment_node with the parameters of ``params_file``, optionally with RViz.
 
 Examples::
 
     ros2 launch cityseg_ros segment.launch.py
+    ros2 launch cityseg_ros segment.launch.py params_file:=my.yaml      # its values hold
     ros2 launch cityseg_ros segment.launch.py device:=cuda model:=hrnet_w48_ocr rviz:=true
     ros2 launch cityseg_ros segment.launch.py left_image:=/zed/left/image_rect_color
 
-The default namespace ``stereo`` matches the topics of bags written by ``make_bag``.
+A launch argument given on the command line wins over ``params_file``; an argument not given
+leaves the file's value (or the node's default) alone. The node walks configure and activate
+when the file says ``autostart: true`` (the default); with ``false`` use ``ros2 lifecycle set``.
+The default namespace ``stereo`` matches the topics of bags written by ``make_bag``. The logic
+lives in :mod:`cityseg_ros.ros.launch_args` (tested without launch).
 """
 
+from pathlib import Path
+import sys
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+import launch.logging
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+try:
+    from cityseg_ros.ros import launch_args
+except ImportError:  # ros2 launch runs in another Python than the package (e.g. a tools venv)
+    # share/cityseg_ros/launch links into the checkout (scripts/ament_register.sh).
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    from cityseg_ros.ros import launch_args
+
 PACKAGE = 'cityseg_ros'
 
-#: (name, default, description) of every launch argument.
-ARGUMENTS = (
-    ('params_file', PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'segment.yaml']),
-     'YAML file with the node parameters (config/segment.yaml lists them all)'),
-    ('namespace', 'stereo', 'namespace of the node and its relative topics'),
-    ('model', 'espnetv2', 'zoo model name'),
-    ('weights', 'auto', "checkpoint file, 'auto' (cache) or '' (random weights)"),
-    ('device', 'auto', "'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ('left_image', 'left/image_rect_color', 'left rectified image topic'),
-    ('left_camera_info', 'left/camera_info', 'left camera_info topic'),
-    ('right_image', 'right/image_rect_color', 'right rectified image topic'),
-    ('right_camera_info', 'right/camera_info', 'right camera_info topic'),
-    ('rviz', 'false', 'also start RViz with rviz/segment.rviz (true|false)'),
-)
 
-
-def generate_launch_description() -> LaunchDescription:
-    """Declare the arguments, the segmentation node and the optional RViz window."""
-    actions = [DeclareLaunchArgument(name, default_value=default, description=description)
-               for name, default, description in ARGUMENTS]
-
-    def text(name: str) -> ParameterValue:
-        # Typed as str: a YAML-parsed '' would become null and an id like 0 an int.
-        return ParameterValue(LaunchConfiguration(name), value_type=str)
-
-    actions.append(Node(
+def _start(context, *args, **kwargs) -> list:
+    """Build the actions from the argument values; fails before starting anything."""
+    values = {name: LaunchConfiguration(name).perform(context)
+              for name, _, _ in launch_args.ARGUMENTS}
+    plan = launch_args.plan_launch(
+        values, rviz_executable=launch_args.find_executable('rviz2', 'rviz2'))
+    logger = launch.logging.get_logger('segment.launch')
+    for warning in plan.warnings:
+        logger.warning(warning)
+    # Typed as str: launch would YAML-parse '' to null and an id like 0 to an int.
+    overrides = {name: ParameterValue(value, value_type=str)
+                 for name, value in plan.parameters.items()}
+    actions = [Node(
         package=PACKAGE,
         executable='segment_node',
         name='segment_node',
-        namespace=LaunchConfiguration('namespace'),
+        namespace=plan.namespace,
         output='screen',
         emulate_tty=True,
-        parameters=[
-            LaunchConfiguration('params_file'),
-            # The command-line arguments win over the file; autostart walks the lifecycle.
-            {'model': text('model'), 'weights': text('weights'), 'device': text('device'),
-             'autostart': True},
-        ],
-        remappings=[
-            ('left/image_rect_color', LaunchConfiguration('left_image')),
-            ('left/camera_info', LaunchConfiguration('left_camera_info')),
-            ('right/image_rect_color', LaunchConfiguration('right_image')),
-            ('right/camera_info', LaunchConfiguration('right_camera_info')),
-        ],
-    ))
-    actions.append(Node(
-        package='rviz2',
-        executable='rviz2',
-        name='rviz2',
-        arguments=['-d', PathJoinSubstitution(
-            [FindPackageShare(PACKAGE), 'rviz', 'segment.rviz'])],
-        condition=IfCondition(LaunchConfiguration('rviz')),
-        output='screen',
-    ))
+        parameters=[plan.params_file] + ([overrides] if overrides else []),
+        remappings=plan.remappings,
+    )]
+    if plan.rviz:
+        share = FindPackageShare(PACKAGE).perform(context)
+        actions.append(Node(
+            package='rviz2',
+            executable='rviz2',
+            name='rviz2',
+            arguments=['-d', str(Path(share, 'rviz', 'segment.rviz'))],
+            output='screen',
+        ))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Declare the arguments; the actions are built once their values are known."""
+    defaults = {'params_file': PathJoinSubstitution(
+        [FindPackageShare(PACKAGE), 'config', 'segment.yaml'])}
+    actions = [DeclareLaunchArgument(name, default_value=defaults.get(name, default),
+                                     description=description)
+               for name, default, description in launch_args.ARGUMENTS]
+    actions.append(OpaqueFunction(function=_start))
     return LaunchDescription(actions)

@@ -12,23 +12,32 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The main job: replay stereo frames through the live node and measure it.
+"""The main job: replay stereo frames through the live node, as a user runs it, and measure it.
 
 Frames come from a rosbag2 (``--bag``, e.g. written by ``make_bag``), else from the real stereo
-pair(s) in ``../shared/data/cityscapes``, else from a generated stereo sequence. A player node
-publishes them (reliable QoS) at ``--rate``; :class:`~cityseg_ros.ros.node.SegmentNode` segments
-them through real DDS; a recorder subscribes to every output, writes the first frames as PNGs
-and the run ends with a latency / throughput table.
+pair(s) in ``../shared/data/cityscapes``, else from a generated stereo sequence (``--synthetic
+HxW`` forces it). ``segment_node`` runs in its own process with the package's
+``config/segment.yaml`` and only the options given here on top (so the node's defaults, its
+input QoS included, are the ones a user gets); ``--node none`` uses a node that is already
+running, e.g. from ``ros2 launch cityseg_ros segment.launch.py``. A player publishes the pairs
+like a camera driver (identical left/right stamps; reliable by default, ``--player-reliability
+best_effort`` as sensor-data drivers do) at ``--rate``; a recorder subscribes to every output,
+writes the first frames as PNGs, and the run ends with a latency / throughput table. No output
+at all is an error (exit 2), so a default that does not work cannot pass unnoticed.
 """
 
 import argparse
 from itertools import cycle, islice
 import logging
+import os
 from pathlib import Path
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cityseg_ros.bench.timing import markdown_table
 from cityseg_ros.checkpoints import cache_dir
@@ -36,22 +45,25 @@ from cityseg_ros.errors import CitysegError
 from cityseg_ros.imageio import read_rgb, write_png
 from cityseg_ros.models.zoo import get_spec
 from cityseg_ros.ros.messages import rgb_msg
-from cityseg_ros.ros.node import SegmentNode
+from cityseg_ros.tools.common import run_cli
 from cityseg_ros.tools.segment_images import parse_size
 from cityseg_ros.worker import LatencyWindow
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+import yaml
 
 logger = logging.getLogger('demo')
 
-SHARED = Path(__file__).resolve().parents[3] / 'shared'
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / 'shared'
 OUTPUTS = ('labels', 'color', 'overlay')
+RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
+               'best_effort': ReliabilityPolicy.BEST_EFFORT}
 StereoFrame = Tuple[np.ndarray, np.ndarray]
 
 
@@ -112,12 +124,24 @@ class Recorder:
         self.out, self.keep = out, keep
         self.latency = LatencyWindow(10000)
         self.received: dict = {}
+        self.last_received: Optional[float] = None  # time.monotonic() of the last labels
+        self._first = cameras[0]
         self._saved: dict = {}
         self._lock = threading.Lock()
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self._subs = [node.create_subscription(Image, f'{cam}/semantic/{kind}',
-                                               self._callback(node, cam, kind), qos)
-                      for cam in cameras for kind in OUTPUTS]
+        self._subs = {(cam, kind): node.create_subscription(
+            Image, f'{cam}/semantic/{kind}', self._callback(node, cam, kind), qos)
+            for cam in cameras for kind in OUTPUTS}
+
+    @property
+    def segmented(self) -> int:
+        """Pairs whose labels arrived (counted on the first camera)."""
+        return self.received.get((self._first, 'labels'), 0)
+
+    def labels_matched(self) -> bool:
+        """Whether every labels subscription has found the node's publisher."""
+        return all(sub.get_publisher_count() for (cam, kind), sub in self._subs.items()
+                   if kind == 'labels')
 
     def _callback(self, node, cam: str, kind: str):
         def on_msg(msg: Image) -> None:
@@ -127,6 +151,7 @@ class Recorder:
                 self.received[(cam, kind)] = self.received.get((cam, kind), 0) + 1
                 if kind == 'labels':
                     self.latency.add((now - stamp) / 1e6)
+                    self.last_received = time.monotonic()
                 index = self._saved.setdefault((cam, kind), 0)
                 self._saved[(cam, kind)] += 1
             if index < self.keep:
@@ -138,24 +163,34 @@ class Recorder:
 
 
 def publish_frames(player, frames: Iterator[StereoFrame], count: int, rate: float,
-                   cameras: Sequence[str]) -> float:
-    """Publish ``count`` stereo pairs at ``rate`` Hz with fresh stamps; return the seconds."""
-    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {cam: player.create_publisher(Image, f'{cam}/image_rect_color', qos)
-            for cam in cameras}
+                   cameras: Sequence[str], reliability: str = 'reliable') -> float:
+    """Publish ``count`` stereo pairs at ``rate`` Hz with fresh stamps; return the seconds.
+
+    Left and right of a pair carry the same stamp, as a stereo driver's do.
+    """
+    pubs = make_publishers(player, cameras, reliability)
     _wait_for_subscribers(pubs.values())
     start = time.monotonic()
     for i, (left, right) in enumerate(islice(frames, count)):
-        header = Header(stamp=player.get_clock().now().to_msg(),
-                        frame_id='stereo_left_optical_frame')
+        stamp = player.get_clock().now().to_msg()
         for cam, image in (('left', left), ('right', right)):
             if cam in pubs:
-                if cam == 'right':
-                    header = Header(stamp=header.stamp, frame_id='stereo_right_optical_frame')
+                header = Header(stamp=stamp, frame_id=f'stereo_{cam}_optical_frame')
                 pubs[cam].publish(rgb_msg(image, header))
         next_time = start + (i + 1) / rate
         time.sleep(max(0.0, next_time - time.monotonic()))
     return time.monotonic() - start
+
+
+def make_publishers(player, cameras: Sequence[str], reliability: str = 'reliable') -> dict:
+    """Create (or reuse) the image publishers: keep last 5, ``reliability`` as a driver's."""
+    qos = QoSProfile(depth=5, reliability=RELIABILITY[reliability])
+    cache = player.__dict__.setdefault('_demo_publishers', {})
+    for cam in cameras:
+        if (cam, reliability) not in cache:
+            cache[(cam, reliability)] = player.create_publisher(
+                Image, f'{cam}/image_rect_color', qos)
+    return {cam: cache[(cam, reliability)] for cam in cameras}
 
 
 def _wait_for_subscribers(pubs, timeout: float = 10.0) -> None:
@@ -164,92 +199,224 @@ def _wait_for_subscribers(pubs, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+class Diagnostics:
+    """Keep the latest ``/diagnostics`` values of the node in ``namespace``."""
+
+    def __init__(self, node, namespace: str) -> None:
+        self.values: Dict[str, str] = {}
+        self.message = ''
+        prefix = f'/{namespace}/segment_node'.replace('//', '/')
+
+        def on_diag(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                if status.name.startswith(prefix):
+                    self.values = {kv.key: kv.value for kv in status.values}
+                    self.message = status.message
+        self._sub = node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+
+
+def package_params_file() -> Path:
+    """Return the package's config/segment.yaml: the installed share copy, else the checkout's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        path = Path(get_package_share_directory('cityseg_ros'), 'config', 'segment.yaml')
+        if path.is_file():
+            return path
+    except (ImportError, LookupError, ValueError):  # not in the ament index
+        pass
+    return REPO / 'config' / 'segment.yaml'
+
+
+def node_overrides(args: argparse.Namespace, weights: str) -> dict:
+    """Parameters the demo sets on top of config/segment.yaml: only what was asked for."""
+    overrides = {'weights': weights}
+    if args.model is not None:
+        overrides['model'] = args.model
+    if args.device is not None:
+        overrides['device'] = args.device
+    if args.left_only:
+        overrides['cameras'] = ['left']
+    if args.input_size is not None:
+        overrides['input_height'], overrides['input_width'] = args.input_size
+    return overrides
+
+
+def node_command(namespace: str, overrides_file: Path) -> List[str]:
+    """Return the segment_node command: the package's params file, then the demo's overrides."""
+    return [sys.executable, '-m', 'cityseg_ros.ros.node', '--ros-args',
+            '-r', f'__ns:=/{namespace}', '--params-file', str(package_params_file()),
+            '--params-file', str(overrides_file)]
+
+
+# Runs argv[2:] after asking Linux for a SIGINT when the parent (pid argv[1]) dies, so a demo
+# killed by SIGTERM/SIGKILL leaves no node behind (scripts/ament_register.sh does the same).
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+except AttributeError:  # not Linux
+    pass
+if os.getppid() == int(sys.argv[1]):
+    os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def start_node(namespace: str, overrides: dict, tmp: Path) -> subprocess.Popen:
+    """Start segment_node in its own process (its log goes to this terminal)."""
+    path = tmp / 'demo_overrides.yaml'
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': overrides}}))
+    cmd = node_command(namespace, path)
+    print('segment_node: ' + ' '.join(cmd[1:]), flush=True)
+    return subprocess.Popen([sys.executable, '-S', '-c', _DIE_WITH_PARENT, str(os.getpid()),
+                             *cmd])
+
+
+def stop_node(proc: Optional[subprocess.Popen], timeout: float = 15.0) -> None:
+    """Ctrl-C the node process as a terminal would; kill it if it does not stop."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_until_ready(pubs, recorder: 'Recorder', proc: Optional[subprocess.Popen],
+                     timeout: float) -> None:
+    """Wait until the node subscribes to every input and publishes labels to the recorder."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise CitysegError(f'segment_node exited with code {proc.returncode} before it '
+                               'subscribed; its log above says why')
+        if all(p.get_subscription_count() for p in pubs) and recorder.labels_matched():
+            return
+        time.sleep(0.1)
+    raise CitysegError(f'segment_node did not subscribe to the images within {timeout:g} s; '
+                       'is it running and active in this namespace and ROS_DOMAIN_ID?')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='demo', description=__doc__.splitlines()[0])
     parser.add_argument('--bag', type=Path, help='a make_bag-layout rosbag2 to replay')
-    parser.add_argument('--model', default='espnetv2')
+    parser.add_argument('--synthetic', type=parse_size, metavar='HxW',
+                        help='replay a generated stereo sequence of this size instead')
+    parser.add_argument('--model', help="zoo model (default: the params file's)")
     parser.add_argument('--weights', default=None,
                         help="checkpoint (default: ESPNetv2's from ../shared or the cache)")
-    parser.add_argument('--device', default='auto')
-    parser.add_argument('--input-size', type=parse_size, default=(0, 0), metavar='HxW',
+    parser.add_argument('--device', help="'auto', 'cpu', 'cuda' (default: the params file's)")
+    parser.add_argument('--input-size', type=parse_size, metavar='HxW',
                         help="network input size (default: the model's test size)")
     parser.add_argument('--frames', type=int, default=20, help='stereo pairs to publish')
     parser.add_argument('--rate', type=float, default=5.0, help='publish rate, Hz')
+    parser.add_argument('--player-reliability', choices=sorted(RELIABILITY),
+                        default='reliable', help='QoS of the image publishers (default: '
+                        'reliable, as image_transport publishers are)')
+    parser.add_argument('--node', choices=('process', 'none'), default='process',
+                        help="'process': start segment_node with config/segment.yaml; 'none': "
+                        'use one already running (ros2 launch)')
+    parser.add_argument('--namespace', default='stereo', help='namespace of the node')
+    parser.add_argument('--timeout', type=float, default=180.0,
+                        help='seconds to wait for the node to come up')
     parser.add_argument('--save', type=int, default=3, help='frames written as PNG per output')
     parser.add_argument('--left-only', action='store_true', help='segment the left camera only')
     parser.add_argument('--out', type=Path, default=Path('out/demo'))
     return parser
 
 
+def _frames(args: argparse.Namespace) -> Tuple[List[StereoFrame], str]:
+    if args.synthetic:
+        h, w = args.synthetic
+        return synthetic_stereo(min(args.frames, 10), (h, w)), f'a generated {w}x{h} sequence'
+    if args.bag:
+        return bag_stereo(args.bag, args.frames), str(args.bag)
+    frames = shared_stereo()
+    if frames:
+        return frames, 'the Cityscapes stereo pair in ../shared'
+    return synthetic_stereo(min(args.frames, 10)), 'a generated stereo sequence'
+
+
 def run(args: argparse.Namespace) -> int:
     """Replay, segment, record, report; return the exit code."""
-    if args.bag:
-        frames, source = bag_stereo(args.bag, args.frames), str(args.bag)
-    else:
-        frames, source = shared_stereo(), 'the Cityscapes stereo pair in ../shared'
-        if not frames:
-            frames, source = synthetic_stereo(min(args.frames, 10)), 'a generated stereo sequence'
+    frames, source = _frames(args)
     if not frames:
         raise CitysegError(f'no stereo frames found in {source}')
     weights = find_weights() if args.weights is None else args.weights
     cameras = ['left'] if args.left_only else ['left', 'right']
     args.out.mkdir(parents=True, exist_ok=True)
     print(f'replaying {args.frames} stereo pairs from {source} at {args.rate:g} Hz '
-          f'through segment_node ({args.model}, weights: {weights or "RANDOM"})', flush=True)
+          f'({args.player_reliability} publishers) through segment_node', flush=True)
 
+    proc = None
     rclpy.init()
+    player = rclpy.create_node('cityseg_demo', namespace=args.namespace)
     executor = MultiThreadedExecutor()
-    node = SegmentNode(namespace='stereo', parameter_overrides=[
-        Parameter('model', value=args.model), Parameter('weights', value=weights),
-        Parameter('device', value=args.device), Parameter('cameras', value=cameras),
-        Parameter('input_reliability', value='reliable'),
-        Parameter('input_height', value=args.input_size[0]),
-        Parameter('input_width', value=args.input_size[1]),
-    ])
-    player = rclpy.create_node('cityseg_demo', namespace='stereo')
+    executor.add_node(player)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     try:
-        ok = TransitionCallbackReturn.SUCCESS
-        if node.trigger_configure() != ok or node.trigger_activate() != ok:
-            raise CitysegError(f'segment_node failed to start: {node.diagnostics().message}')
-        recorder = Recorder(player, cameras, args.out, args.save)
-        executor.add_node(node)
-        executor.add_node(player)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        seconds = publish_frames(player, cycle(frames), args.frames, args.rate, cameras)
-        _drain(node)
-        _report(node, recorder, args, seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.node == 'process':
+                proc = start_node(args.namespace, node_overrides(args, weights), Path(tmp))
+            recorder = Recorder(player, cameras, args.out, args.save)
+            diagnostics = Diagnostics(player, args.namespace)
+            pubs = make_publishers(player, cameras, args.player_reliability)
+            wait_until_ready(pubs.values(), recorder, proc, args.timeout)
+            start = time.monotonic()
+            publish_frames(player, cycle(frames), args.frames, args.rate, cameras,
+                           args.player_reliability)
+            _drain(recorder, args.frames)
+            seconds = (recorder.last_received or time.monotonic()) - start
+            time.sleep(1.2)  # one more /diagnostics message with the final counters
+            _report(recorder, diagnostics, args, seconds)
     finally:
+        stop_node(proc)
         executor.shutdown()
-        node.destroy_node()
         player.destroy_node()
         rclpy.try_shutdown()
+    if not recorder.segmented:
+        raise CitysegError(
+            f'segment_node published no labels for {args.frames} pairs '
+            f'({args.player_reliability} publishers); its /diagnostics said: '
+            f'{diagnostics.message or "nothing"}')
     print(f'outputs of the first {args.save} frames written to {args.out}/')
     return 0
 
 
-def _drain(node, timeout: float = 30.0) -> None:
+def _drain(recorder: 'Recorder', expected: int, quiet: float = 3.0,
+           timeout: float = 60.0) -> None:
+    """Wait for the labels still in flight: all pairs, or ``quiet`` seconds without one."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (node.worker.stats.pending or node.worker.stats.busy):
+    last_count, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline and recorder.segmented < expected:
+        count = recorder.segmented
+        if count != last_count:
+            last_count, last_change = count, time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            break
         time.sleep(0.05)
-    time.sleep(0.3)  # the last messages in flight
+    time.sleep(0.3)  # the other outputs of the last pair
 
 
-def _report(node, recorder: Recorder, args: argparse.Namespace, seconds: float) -> None:
-    stats = node.worker.stats
+def _report(recorder: 'Recorder', diagnostics: Diagnostics, args: argparse.Namespace,
+            seconds: float) -> None:
+    diag = diagnostics.values
     lat = recorder.latency
     rows = [
         ['pairs published', args.frames],
-        ['pairs segmented', stats.processed],
-        ['pairs dropped (newest wins)', stats.dropped],
-        ['throughput, pairs/s', f'{stats.processed / max(seconds, 1e-9):.2f}'],
+        ['pairs segmented (labels received)', recorder.segmented],
+        ['pairs dropped by the node (newest wins)', diag.get('dropped_pairs', '-')],
+        ['throughput, pairs/s', f'{recorder.segmented / max(seconds, 1e-9):.2f}'],
         ['inference ms (p50 / p95)',
-         f'{_ms(stats.inference_p50_ms)} / {_ms(stats.inference_p95_ms)}'],
+         f'{diag.get("inference_p50_ms", "-")} / {diag.get("inference_p95_ms", "-")}'],
         ['stamp -> labels received ms (p50 / p95)',
          f'{_ms(lat.percentile(50))} / {_ms(lat.percentile(95))}'],
         ['messages received', sum(recorder.received.values())],
+        ['node state, device', f'{diag.get("state", "-")}, {diag.get("device", "-")}'],
     ]
-    print(markdown_table(['', 'value'], rows))
+    print(markdown_table(['', 'value'], rows), flush=True)
 
 
 def _ms(value: Optional[float]) -> str:
@@ -258,14 +425,7 @@ def _ms(value: Optional[float]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    try:
-        return run(args)
-    except CitysegError as exc:
-        print(f'demo: error: {exc}', file=sys.stderr)
-        return 2
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == '__main__':
