@@ -16,8 +16,11 @@
 
 import json
 import re
+import struct
+import zlib
 
-from cityseg_ros.bags import (BagReader, TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS,
+from cityseg_ros.bags import (BagReader, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, TOPIC_GT_INSTANCE_IDS,
+                              TOPIC_GT_LABEL_IDS,
                               TOPIC_LEFT_IMAGE, TOPIC_LEFT_INFO, TOPIC_RIGHT_IMAGE,
                               TOPIC_RIGHT_INFO)
 from cityseg_ros.tools import make_bag
@@ -67,7 +70,10 @@ def _cityscapes(root, split='train'):
 
 
 def _run(capsys, *args):
-    code = make_bag.main([*map(str, args), '--no-progress'])
+    try:
+        code = make_bag.main([*map(str, args), '--no-progress'])
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
     return code, capsys.readouterr().err
 
 
@@ -199,7 +205,7 @@ def test_unreadable_png_exits_2_and_leaves_no_partial_bag(tmp_path, capsys):
     code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train',
                      '--out', tmp_path / 'bag')
     assert code == 2
-    assert 'aachen_000001_000019_gtFine_labelIds.png cannot be read' in err.splitlines()[-1]
+    assert 'aachen_000001_000019_gtFine_labelIds.png is truncated' in _one_error_line(err)
     assert not (tmp_path / 'bag').exists()
 
 
@@ -237,3 +243,144 @@ def test_real_cityscapes_frames(tmp_path, capsys, cityscapes_root):
         np.testing.assert_array_equal(frame.gt_instance_ids, instances.astype(np.int32))
         assert frame.left.shape == (1024, 2048, 3)
     assert infos[0].calibration.width == 2048 and infos[0].calibration.height == 1024
+
+
+@pytest.mark.parametrize('extra, match', [
+    (['--start-time', '3000000000'], '--start-time must be 0..2147483647'),
+    (['--start-time', 'inf'], '--start-time must be 0..2147483647'),
+    (['--start-time', 'nan'], '--start-time must be 0..2147483647'),
+    (['--start-time', '-1'], '--start-time must be 0..2147483647'),
+    (['--start-time', '2147483647', '--rate-hz', '1'], 'past 2147483647 s'),
+    (['--rate-hz', '1e-300'], 'past 2147483647 s'),
+    (['--rate-hz', '1e-9'], 'past 2147483647 s'),
+    (['--rate-hz', 'inf'], '--rate-hz must be positive'),
+    (['--rate-hz', 'nan'], '--rate-hz must be positive'),
+    (['--rate-hz', '-17'], '--rate-hz must be positive'),
+    (['--rate-hz', '2e9'], '--rate-hz must be in (0, 1e9]'),
+    (['--jpeg-quality', '0'], '--jpeg-quality must be 1..100'),
+    (['--jpeg-quality', '101'], '--jpeg-quality must be 1..100'),
+    (['--image-format', 'webp'], "invalid choice: 'webp'"),
+    (['--frame-id-prefix', 'a b'], 'must be a name'),
+    (['--frame-id-prefix', ''], 'must be a name'),
+    (['--limit', '-3'], '--limit must be at least 1'),
+    (['--limit', 'x'], "invalid int value: 'x'"),
+])
+def test_impossible_values_exit_2_with_one_line(tmp_path, capsys, extra, match):
+    _cityscapes(tmp_path / 'cs')
+    code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train', '--out',
+                     tmp_path / 'bag', *extra)
+    assert code == 2
+    assert match in _one_error_line(err)
+    assert not (tmp_path / 'bag').exists()
+
+
+def test_paths_that_cannot_work_exit_2_with_one_line(tmp_path, capsys):
+    _cityscapes(tmp_path / 'cs')
+    note = tmp_path / 'note.txt'
+    note.write_text('x')
+    (tmp_path / 'link').symlink_to(tmp_path / 'nowhere')
+    cases = [
+        (['--cityscapes-root', note, '--split', 'train', '--out', tmp_path / 'a'],
+         'is not a directory'),
+        (['--cityscapes-root', tmp_path / 'cs', '--split', '../..', '--out', tmp_path / 'b'],
+         'is not a split name'),
+        (['--cityscapes-root', tmp_path / 'cs', '--split', 'train', '--out', note / 'bag'],
+         'is a file, not a folder'),
+        (['--cityscapes-root', tmp_path / 'cs', '--split', 'train', '--out', tmp_path / 'link'],
+         'exists already'),
+    ]
+    for argv, match in cases:
+        code, err = _run(capsys, *argv)
+        assert code == 2 and match in _one_error_line(err), err
+
+
+@pytest.mark.parametrize('camera, match', [
+    ({'intrinsic': {'fx': float('nan'), 'fy': 1, 'u0': 1, 'v0': 1},
+      'extrinsic': {'baseline': 0.2}}, 'fx nan'),
+    ({'intrinsic': {'fx': 1, 'fy': -1, 'u0': 1, 'v0': 1}, 'extrinsic': {'baseline': 0.2}},
+     'fy -1.0'),
+    ({'intrinsic': {'fx': 1, 'fy': 1, 'u0': 1, 'v0': 1}, 'extrinsic': {'baseline': 1e999}},
+     'baseline inf'),
+    ([1, 2, 3], 'not a Cityscapes camera file'),
+    ({'intrinsic': {'fx': 'abc'}}, 'not a Cityscapes camera file'),
+])
+def test_impossible_camera_files_exit_2(tmp_path, capsys, camera, match):
+    _cityscapes(tmp_path / 'cs')
+    path = next((tmp_path / 'cs' / 'camera').rglob('*_camera.json'))
+    path.write_text(json.dumps(camera))
+    code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train', '--out',
+                     tmp_path / 'bag')
+    assert code == 2 and match in _one_error_line(err)
+    assert not (tmp_path / 'bag').exists()
+
+
+def _png_header_only(path, width, height):
+    """Write a tiny PNG whose header claims width x height (a decompression bomb's header)."""
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data)))
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(bytes(3 * width + 1) * 4)
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', rows)
+                     + chunk(b'IEND', b''))
+
+
+_MAKE_BAG_IN_A_CHILD = """
+import json, os, resource, sys, tempfile
+from cityseg_ros.tools import make_bag
+with tempfile.TemporaryFile() as err:
+    os.dup2(err.fileno(), 2)
+    try:
+        code = make_bag.main(sys.argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+    sys.stderr.flush()
+    err.seek(0)
+    text = err.read().decode(errors='replace')
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({'code': code, 'stderr': text, 'peak': peak}))
+"""
+
+
+def test_png_bomb_is_refused_from_its_header_in_a_child(tmp_path):
+    from hostile import GIB, run_child
+
+    _cityscapes(tmp_path / 'cs')
+    left = next((tmp_path / 'cs' / 'leftImg8bit').rglob('*_leftImg8bit.png'))
+    _png_header_only(left, 30000, 30000)
+    report = run_child(_MAKE_BAG_IN_A_CHILD, '--cityscapes-root', tmp_path / 'cs', '--split',
+                       'train', '--out', tmp_path / 'bag')
+    lines = report['stderr'].strip().splitlines()
+    assert report['code'] == 2 and len(lines) == 1, report
+    assert 'more than the limit of' in lines[0] and '30000x30000' in lines[0]
+    assert report['peak'] < 1 * GIB
+    assert not (tmp_path / 'bag').exists()
+
+
+@pytest.mark.parametrize('image_format', ['jpeg', 'png'])
+def test_compressed_images_on_the_compressed_topics(tmp_path, capsys, image_format):
+    expected = _cityscapes(tmp_path / 'cs')
+    out = tmp_path / 'bag'
+    code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train', '--out',
+                     out, '--image-format', image_format, '--jpeg-quality', '90')
+    assert code == 0, err
+    left, right = f'{TOPIC_LEFT_IMAGE}/compressed', f'{TOPIC_RIGHT_IMAGE}/compressed'
+    with BagReader(out) as bag:
+        topics = bag.topics
+        assert TOPIC_LEFT_IMAGE not in topics and TOPIC_RIGHT_IMAGE not in topics
+        assert topics[left] == (COMPRESSED_IMAGE_TYPE, 3) and topics[right].count == 2
+        assert topics[TOPIC_GT_LABEL_IDS].msgtype == IMAGE_TYPE  # ground truth stays raw
+        records = list(bag.read_messages(left))
+        assert {r.msg.format for r in records} == {f'rgb8; {image_format} compressed bgr8'}
+        frames = list(bag.read_frames(left, gt_topic=TOPIC_GT_LABEL_IDS, right_topic=right))
+    names = sorted(expected)
+    assert len(frames) == 2
+    for frame, name in zip(frames, names):
+        want = expected[name]
+        np.testing.assert_array_equal(frame.gt_label_ids, want['labels'])
+        for got, photo in ((frame.left, want['left']), (frame.right, want['right'])):
+            assert got.shape == photo.shape and got.dtype == np.uint8
+            if image_format == 'png':
+                np.testing.assert_array_equal(got, photo)
+            else:  # random noise is JPEG's worst case: only check the colour order is kept
+                assert np.corrcoef(got.ravel(), photo.ravel())[0, 1] > 0.5
