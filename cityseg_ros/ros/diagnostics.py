@@ -26,7 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['CounterWindow', 'Facts', 'assess', 'OK', 'WARN', 'ERROR', 'WINDOW_S']
+__all__ = ['CounterWindow', 'Facts', 'assess', 'OK', 'WARN', 'ERROR', 'WINDOW_S',
+           'counter_values', 'describe_clock_jump', 'REJECT_KINDS']
 
 # diagnostic_msgs/DiagnosticStatus levels (bytes there; ints here, no message import).
 OK, WARN, ERROR = 0, 1, 2
@@ -34,6 +35,21 @@ OK, WARN, ERROR = 0, 1, 2
 WINDOW_S = 3.0
 #: Longest window, seconds (a model that needs longer per pair is reported as busy).
 MAX_WINDOW_S = 60.0
+#: Reasons an input is refused; each is a ``rejected_<kind>`` counter and diagnostics key.
+REJECT_KINDS = ('bad_image', 'size_mismatch', 'too_small', 'too_large', 'bad_stamp',
+                'camera_info')
+# Diagnostics key -> node counter, for the plain counts.
+_COUNTER_KEYS = (
+    ('rate_limited_pairs', 'rate_limited'), ('rejected_messages', 'rejected'),
+    *((f'rejected_{kind}', f'rejected_{kind}') for kind in REJECT_KINDS),
+    ('unpaired_images', 'unpaired'), ('dds_lost_samples', 'dds_lost_samples'),
+    ('skipped_no_subscribers', 'skipped_no_subscribers'),
+    ('incompatible_qos_events', 'incompatible_qos'), ('qos_changes', 'qos_changes'),
+    ('frame_id_changes', 'frame_id_changes'), ('time_jumps_back', 'time_jumps_back'),
+    ('time_jumps_forward', 'time_jumps_forward'), ('clock_jumps', 'clock_jumps'),
+    ('latency_excluded', 'latency_excluded'), ('points_skipped', 'points_skipped'),
+    ('points_failed', 'points_failed'), ('internal_errors', 'internal_errors'),
+)
 
 
 class CounterWindow:
@@ -93,6 +109,32 @@ class Facts:
     last_error: str = ''
     last_reject: str = ''
     last_jump: str = ''
+
+
+def counter_values(counts: Mapping[str, int]) -> Dict[str, str]:
+    """Return the diagnostics values that are plain node counters (missing ones are 0)."""
+    values = {key: str(counts.get(counter, 0)) for key, counter in _COUNTER_KEYS}
+    values['lost_images'] = str(sum(v for k, v in counts.items() if k.endswith('_lost')))
+    return values
+
+
+def describe_clock_jump(change: str, delta_ns: int, now_ns: int) -> str:
+    """Say what a ROS clock jump was, in a few words.
+
+    Args:
+        change: the rclpy ClockChange's name (``ROS_TIME_ACTIVATED``, ``..._DEACTIVATED``,
+            ``ROS_TIME_NO_CHANGE``).
+        delta_ns: the jump, ns (negative: back).
+        now_ns: the clock after the jump, ns.
+    """
+    if change == 'ROS_TIME_ACTIVATED':
+        return 'use_sim_time on: the ROS clock now follows /clock'
+    if change == 'ROS_TIME_DEACTIVATED':
+        return 'use_sim_time off: the ROS clock is the system clock again'
+    if now_ns - delta_ns <= 0:  # from zero: the first /clock after use_sim_time went on
+        return f'first /clock message: ROS time starts at {now_ns / 1e9:.3f} s'
+    direction = 'back' if delta_ns < 0 else 'forward'
+    return f'ROS clock jumped {direction} {abs(delta_ns) / 1e9:.3f} s'
 
 
 def window_seconds(inference_p95_ms: Optional[float], max_rate_hz: float) -> float:

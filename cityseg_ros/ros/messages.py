@@ -23,7 +23,7 @@ both of which the setter iterates; measured with rclpy 7.1).
 """
 
 import array
-from typing import Optional
+from typing import Optional, Tuple
 
 from cityseg_ros.errors import ImageError
 from cityseg_ros.imagemsg import COLOR_ENCODINGS, image_to_numpy
@@ -32,10 +32,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 __all__ = ['ACCEPTED_ENCODINGS', 'copy_header', 'image_to_rgb', 'labels_msg',
-           'confidence_msg', 'rgb_msg', 'stamp_ns', 'stamp_problem']
+           'confidence_msg', 'rgb_msg', 'stamp_ns', 'stamp_problem', 'input_problem',
+           'MAX_INPUT_SIDE', 'MAX_INPUT_PIXELS']
 
 #: Input encodings (DESIGN.md, "Contract: topics").
 ACCEPTED_ENCODINGS = COLOR_ENCODINGS
+#: Largest input image side and size accepted; larger ones are refused before decoding.
+MAX_INPUT_SIDE = 16384
+MAX_INPUT_PIXELS = 8192 * 8192
 
 
 def stamp_ns(header: Header) -> int:
@@ -57,6 +61,31 @@ def stamp_problem(header: Header) -> Optional[str]:
         return f'header.stamp.sec {sec} is negative (a malformed stamp)'
     if sec == 0 and nanosec == 0:
         return 'header.stamp is 0: the driver does not stamp its images'
+    return None
+
+
+def input_problem(msg: Image, min_side: int) -> Optional[Tuple[str, str]]:
+    """Check an input image's header and size before any decoding.
+
+    Args:
+        msg: the image.
+        min_side: smallest width and height the model accepts, px.
+
+    Returns:
+        None when the image may be decoded, else (kind, reason): kind is ``bad_stamp``,
+        ``too_small`` or ``too_large`` (diagnostics count ``rejected_<kind>``); the reason is
+        one sentence for the log.
+    """
+    problem = stamp_problem(msg.header)
+    if problem is not None:
+        return 'bad_stamp', problem
+    width, height = int(msg.width), int(msg.height)
+    if 0 < min(width, height) < min_side:
+        return 'too_small', (f'{width}x{height} image is smaller than the {min_side} px the '
+                             'model needs per side')
+    if max(width, height) > MAX_INPUT_SIDE or width * height > MAX_INPUT_PIXELS:
+        return 'too_large', (f'{width}x{height} image is larger than {MAX_INPUT_SIDE} px per '
+                             f'side or {MAX_INPUT_PIXELS // 2**20} Mpx; resize it on the driver')
     return None
 
 

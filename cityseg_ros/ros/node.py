@@ -37,13 +37,14 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
-from cityseg_ros import render
 from cityseg_ros.errors import CitysegError, ConfigError, ImageError
-from cityseg_ros.pairing import Matched, StampPairer
-from cityseg_ros.ros.diagnostics import assess, CounterWindow, Facts, window_seconds
+from cityseg_ros.pairing import Matched
+from cityseg_ros.ros.diagnostics import (assess, counter_values, CounterWindow,
+                                         describe_clock_jump, Facts, window_seconds)
 from cityseg_ros.ros.inputs import InputSubscriptions
-from cityseg_ros.ros.messages import (confidence_msg, image_to_rgb, labels_msg, rgb_msg,
-                                      stamp_ns, stamp_problem)
+from cityseg_ros.ros.messages import image_to_rgb, input_problem, stamp_ns
+from cityseg_ros.ros.outputs import LabelOutputs, OUTPUTS
+from cityseg_ros.ros.pairs import JUMP_NS, LivePairer
 from cityseg_ros.ros.params import (declare_params, MIN_INPUT_SIDE, NodeParams,
                                     on_set_parameters, PARAMS, read_params, ros_hint)
 from cityseg_ros.ros.points import camera_info_problem, PointsOutput
@@ -53,7 +54,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -63,22 +64,13 @@ from std_msgs.msg import Header
 
 __all__ = ['SegmentNode', 'SegmenterLike', 'default_segmenter_factory', 'main', 'OUTPUTS']
 
-#: Output names under ``C/semantic/``, in publishing order.
-OUTPUTS = ('labels', 'color', 'overlay', 'confidence')
 #: The cameras whose pair makes ``semantic/points`` (DESIGN.md's ``stereo_cameras`` default).
 STEREO_CAMERAS = ('left', 'right')
 #: Seconds between two log lines of the same bad-input kind (hot paths).
 THROTTLE_S = 5.0
-#: Frames kept per camera while the pairer waits for the partner.
-MAX_PENDING = 8
-#: Stamp or ROS-clock jumps larger than this are time jumps (the pairer resets on one back).
-JUMP_NS = 1_000_000_000
 #: Stamp -> publish latencies outside [0, this] ms are clock trouble, not statistics (a bag
 #: played without use_sim_time, a camera on another clock): counted, kept out of p50/p95.
 MAX_LATENCY_MS = 60_000.0
-#: Largest input image side and size accepted; anything larger is rejected before decoding.
-MAX_INPUT_SIDE = 16384
-MAX_INPUT_PIXELS = 8192 * 8192
 
 
 class SegmenterLike(Protocol):
@@ -153,17 +145,13 @@ class SegmentNode(LifecycleNode):
         self._params: Optional[NodeParams] = None
         self._seg: Optional[SegmenterLike] = None
         self._device = 'none'
-        self._pubs: Dict[str, Dict[str, Any]] = {}
+        self._outputs: Optional[LabelOutputs] = None
         self._points: Optional[PointsOutput] = None
         self._inputs: Optional[InputSubscriptions] = None
-        self._pairer: Optional[StampPairer] = None
+        self._pairer: Optional[LivePairer] = None
         self._last_submit = 0.0
-        self._unpaired_logged = 0
-        self._jumps_logged = 0
-        self._last_stamp: Dict[str, int] = {}  # per input camera: bounded
-        self._frame_ids: Dict[str, str] = {}  # per input camera: bounded
         self._last_reject = ''
-        self._last_jump = ''
+        self._last_jump = ''  # kept across configures; the pairer's is newer when set
         self._counts: Counter = Counter()
         self._published: Counter = Counter()
         self._latency = LatencyWindow()  # header stamp -> publish, ms (ROS clock)
@@ -201,16 +189,13 @@ class SegmentNode(LifecycleNode):
             log.error(traceback.format_exc())  # a bug: keep the traceback
             return self._fail('configure', exc, TransitionCallbackReturn.ERROR)
         self._params, self._seg = params, seg
-        self._pairer = StampPairer(params.input_cameras, int(params.pair_tolerance_ms * 1e6),
-                                   max_pending=MAX_PENDING, jump_ns=JUMP_NS)
-        self._unpaired_logged = self._jumps_logged = 0
+        self._pairer = LivePairer(params.input_cameras, params.pair_tolerance_ms, log,
+                                  self._count, self._lost)
         self._device = str(getattr(seg, 'device', params.device))
-        enabled = {'labels': True, 'color': params.publish_color,
-                   'overlay': params.publish_overlay, 'confidence': params.publish_confidence}
-        for cam in params.cameras:
-            self._pubs[cam] = {output: self._publisher(Image, f'{cam}/semantic/{output}')
-                               for output in OUTPUTS if enabled[output]}
-        outputs = [f'C/semantic/{o}' for o in OUTPUTS if enabled[o]]
+        self._outputs = LabelOutputs(self._publisher, params.cameras, {
+            'color': params.publish_color, 'overlay': params.publish_overlay,
+            'confidence': params.publish_confidence})
+        outputs = self._outputs.names
         if params.publish_points:
             self._points = PointsOutput(self._publisher(PointCloud2, 'semantic/points'),
                                         STEREO_CAMERAS, self._values(), log,
@@ -296,10 +281,9 @@ class SegmentNode(LifecycleNode):
             self._pairer.clear()
 
     def _release(self) -> None:
-        for pubs in self._pubs.values():
-            for pub in pubs.values():
-                self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        if self._outputs is not None:
+            self._outputs.destroy(self.destroy_lifecycle_publisher)
+            self._outputs = None
         if self._points is not None:
             self.destroy_lifecycle_publisher(self._points.publisher)
             self._points = None
@@ -348,11 +332,10 @@ class SegmentNode(LifecycleNode):
             pairer = self._pairer
             if frame is None or pairer is None or self._state != 'active':
                 return  # rejected, or deactivated while this callback ran
-            self._note_frame_id(camera, topic, msg.header.frame_id)
-            stamp = stamp_ns(msg.header)
-            self._last_stamp[camera] = stamp
-            matched = pairer.push(camera, stamp, frame)
-            self._log_pairing(pairer)
+            matched = pairer.push(camera, msg.header, stamp_ns(msg.header), frame,
+                                  self.resolve_topic_name(topic))
+            if pairer.last_jump:
+                self._last_jump = pairer.last_jump
             if matched is not None:
                 self._on_matched(matched)
         except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
@@ -361,20 +344,10 @@ class SegmentNode(LifecycleNode):
     def _check_and_decode(self, camera: str, topic: str, msg: Image,
                           received: float) -> Optional[_Frame]:
         """Return the decoded frame, or None after counting and logging why it was refused."""
-        problem = stamp_problem(msg.header)
+        problem = input_problem(msg, MIN_INPUT_SIDE)
         if problem is not None:
-            self._reject('bad_stamp', topic, problem)
-            return None
-        width, height = int(msg.width), int(msg.height)
-        if 0 < min(width, height) < MIN_INPUT_SIDE:
-            self._reject('too_small', topic,
-                         f'{width}x{height} image is smaller than the {MIN_INPUT_SIDE} px the '
-                         'model needs per side')
-            return None
-        if max(width, height) > MAX_INPUT_SIDE or width * height > MAX_INPUT_PIXELS:
-            self._reject('too_large', topic,
-                         f'{width}x{height} image is larger than {MAX_INPUT_SIDE} px per side or '
-                         f'{MAX_INPUT_PIXELS // 2**20} Mpx; resize it on the driver')
+            kind, reason = problem
+            self._reject(kind, topic, reason)
             return None
         try:
             rgb = image_to_rgb(msg)
@@ -383,49 +356,9 @@ class SegmentNode(LifecycleNode):
             return None
         return _Frame(msg.header, rgb, received)
 
-    def _note_frame_id(self, camera: str, topic: str, frame_id: str) -> None:
-        previous = self._frame_ids.get(camera)
-        self._frame_ids[camera] = frame_id
-        if previous is not None and previous != frame_id:
-            self._count('frame_id_changes')
-            self.get_logger().warning(
-                f'{self.resolve_topic_name(topic)}: frame_id changed from {previous!r} to '
-                f'{frame_id!r}; outputs carry the new one', throttle_duration_sec=THROTTLE_S)
-
-    def _log_pairing(self, pairer: StampPairer) -> None:
-        stats = pairer.stats
-        jumps = stats.jumps_back + stats.jumps_forward
-        if jumps > self._jumps_logged and stats.last_jump is not None:
-            self._jumps_logged = jumps
-            self._last_jump = stats.last_jump.describe()
-            action = ('pairing starts afresh' if stats.last_jump.delta_ns < 0
-                      else 'pairing goes on')
-            self.get_logger().warning(f'time jump: {self._last_jump}; {action}',
-                                      throttle_duration_sec=THROTTLE_S)
-        unpaired = stats.dropped
-        if unpaired > self._unpaired_logged:
-            self._unpaired_logged = unpaired
-            self.get_logger().warning(
-                f'{unpaired} image(s) so far found no partner within pair_tolerance_ms='
-                f'{pairer.tolerance_ns / 1e6:g} ms ({self._pairing_hint()})',
-                throttle_duration_sec=THROTTLE_S)
-
-    def _stamp_gap_ms(self) -> Optional[float]:
-        stamps = [self._last_stamp.get(cam) for cam in STEREO_CAMERAS]
-        if None in stamps or not self._params or not self._params.stereo:
-            return None
-        return abs(stamps[0] - stamps[1]) / 1e6
-
-    def _pairing_hint(self) -> str:
-        lost = sum(v for k, v in self.counters.items() if k.endswith('_lost'))
-        gap = self._stamp_gap_ms()
-        parts = []
-        if gap is not None:
-            parts.append(f'latest left/right stamps differ by {gap:.1f} ms')
-        if lost:
-            parts.append(f'{lost} images lost before the node (transport or input queue)')
-        parts.append('equal stamps need synchronised cameras; see /diagnostics')
-        return '; '.join(parts)
+    def _lost(self) -> int:
+        with self._lock:
+            return sum(v for k, v in self._counts.items() if k.endswith('_lost'))
 
     def _on_matched(self, matched: Matched) -> None:
         params = self._params
@@ -457,39 +390,28 @@ class SegmentNode(LifecycleNode):
 
     def _on_clock_jump(self, jump: Any) -> None:
         """Restart latency and pairing after a ROS clock jump (use_sim_time, /clock)."""
-        change = jump.clock_change
-        delta = jump.delta.nanoseconds / 1e9
-        now = self.get_clock().now().nanoseconds
-        if change == ClockChange.ROS_TIME_ACTIVATED:
-            what = 'use_sim_time on: the ROS clock now follows /clock'
-        elif change == ClockChange.ROS_TIME_DEACTIVATED:
-            what = 'use_sim_time off: the ROS clock is the system clock again'
-        elif now - jump.delta.nanoseconds <= 0:
-            what = f'first /clock message: ROS time starts at {now / 1e9:.3f} s'
-        else:
-            what = f'ROS clock jumped {"back" if delta < 0 else "forward"} {abs(delta):.3f} s'
+        change = getattr(jump.clock_change, 'name', str(jump.clock_change))
+        delta_ns = jump.delta.nanoseconds
+        what = describe_clock_jump(change, delta_ns, self.get_clock().now().nanoseconds)
         self._count('clock_jumps')
         self._last_jump = what
+        if self._pairer is not None:
+            self._pairer.last_jump = what
         # Stamp -> now on the old clock says nothing about the new one.
         self._latency.clear()
         pairer = self._pairer
-        if pairer is not None and (delta < 0 or change != ClockChange.ROS_TIME_NO_CHANGE):
+        if pairer is not None and (delta_ns < 0 or change != 'ROS_TIME_NO_CHANGE'):
             pairer.clear()
         self.get_logger().warning(f'{what}: latency statistics restarted',
                                   throttle_duration_sec=THROTTLE_S)
 
     # -- the worker thread ---------------------------------------------------------------------
 
-    def _wanted(self) -> Dict[str, Dict[str, Any]]:
-        """Per camera, the publishers that somebody listens to now."""
-        return {cam: {name: pub for name, pub in pubs.items() if pub.get_subscription_count()}
-                for cam, pubs in self._pubs.items()}
-
     def _process(self, pair: _Pair) -> None:
-        seg, params, points = self._seg, self._params, self._points
-        if seg is None or params is None:
+        seg, params, outputs, points = self._seg, self._params, self._outputs, self._points
+        if seg is None or params is None or outputs is None:
             return
-        wanted = self._wanted()
+        wanted = outputs.wanted()
         cloud = points is not None and points.wanted()
         if not any(wanted.values()) and not cloud:
             self._count('skipped_no_subscribers')
@@ -502,7 +424,10 @@ class SegmentNode(LifecycleNode):
         alpha = float(self.get_parameter('overlay_alpha').value)
         sent = 0
         for cam, frame, prediction in zip(params.cameras, frames, predictions):
-            sent += self._publish(cam, wanted[cam], frame, prediction, alpha)
+            names = outputs.publish(wanted[cam], frame.rgb, frame.header, prediction, alpha)
+            with self._lock:
+                self._published.update(f'{cam}/{name}' for name in names)
+            sent += len(names)
         if sent:
             self._record_latency(pair)
         if cloud:
@@ -524,27 +449,6 @@ class SegmentNode(LifecycleNode):
             self._latency.add(age_ms)
         else:
             self._count('latency_excluded')
-
-    def _publish(self, cam: str, wanted: Dict[str, Any], frame: _Frame, prediction: Any,
-                 alpha: float) -> int:
-        labels, header = prediction.labels, frame.header
-        messages = {}
-        if 'labels' in wanted:
-            messages['labels'] = labels_msg(labels, header)
-        color = None
-        if 'color' in wanted:
-            color = render.colorize(labels)
-            messages['color'] = rgb_msg(color, header)
-        if 'overlay' in wanted:
-            messages['overlay'] = rgb_msg(render.overlay(frame.rgb, labels, alpha, color=color),
-                                          header)
-        if 'confidence' in wanted and prediction.confidence is not None:
-            messages['confidence'] = confidence_msg(prediction.confidence, header)
-        for name, msg in messages.items():
-            wanted[name].publish(msg)
-        with self._lock:
-            self._published.update(f'{cam}/{name}' for name in messages)
-        return len(messages)
 
     def _on_parameters_set(self, parameters: List[Any]) -> None:
         points = self._points
@@ -580,12 +484,7 @@ class SegmentNode(LifecycleNode):
             counts = dict(self._counts)
         pairer = self._pairer
         if pairer is not None:
-            stats = pairer.stats
-            counts['pairs'] = stats.matched
-            counts['unpaired'] = stats.dropped
-            counts['unpaired_future'] = sum(stats.dropped_future.values())
-            counts['time_jumps_back'] = stats.jumps_back
-            counts['time_jumps_forward'] = stats.jumps_forward
+            counts.update(pairer.counters())
         return counts
 
     @property
@@ -618,14 +517,14 @@ class SegmentNode(LifecycleNode):
         window_s, delta = self._window.add(
             time.monotonic(), cumulative, window_seconds(stats.inference_p95_ms, max_rate))
         images = sum(v for k, v in counts.items() if k.endswith('_images'))
-        lost = sum(v for k, v in counts.items() if k.endswith('_lost'))
         facts = Facts(
             state=self._state, cameras=cameras, window_s=window_s, delta=delta,
             error=self._error,
             publishers={c: inputs.publishers(c) for c in cameras} if inputs else {},
             reliability={c: inputs.reliability(c) for c in cameras} if inputs else {},
             images_ever=images, tolerance_ms=params.pair_tolerance_ms if params else 0.0,
-            stamp_gap_ms=self._stamp_gap_ms(), max_rate_hz=max_rate,
+            stamp_gap_ms=self._pairer.stamp_gap_ms() if self._pairer else None,
+            max_rate_hz=max_rate,
             busy_for_s=stats.busy_for_s, last_error=stats.last_error or '',
             last_reject=self._last_reject, last_jump=self._last_jump)
         level, message = assess(facts)
@@ -659,28 +558,10 @@ class SegmentNode(LifecycleNode):
             'published_pairs': str(counts.get('published_pairs', 0)),
             'dropped_pairs': str(stats.dropped),
             'failed_pairs': str(stats.failed),
-            'rate_limited_pairs': str(counts.get('rate_limited', 0)),
-            'rejected_messages': str(counts.get('rejected', 0)),
-            **{f'rejected_{kind}': str(counts.get(f'rejected_{kind}', 0))
-               for kind in ('bad_image', 'size_mismatch', 'too_small', 'too_large',
-                            'bad_stamp', 'camera_info')},
-            'unpaired_images': str(counts.get('unpaired', 0)),
-            'lost_images': str(lost),
-            'dds_lost_samples': str(counts.get('dds_lost_samples', 0)),
-            'skipped_no_subscribers': str(counts.get('skipped_no_subscribers', 0)),
-            'incompatible_qos_events': str(counts.get('incompatible_qos', 0)),
-            'qos_changes': str(counts.get('qos_changes', 0)),
-            'frame_id_changes': str(counts.get('frame_id_changes', 0)),
-            'time_jumps_back': str(counts.get('time_jumps_back', 0)),
-            'time_jumps_forward': str(counts.get('time_jumps_forward', 0)),
-            'clock_jumps': str(counts.get('clock_jumps', 0)),
+            **counter_values(counts),
             'last_time_jump': self._last_jump,
-            'latency_excluded': str(counts.get('latency_excluded', 0)),
             'points_p50_ms': ms(points.ms.percentile(50) if points else None),
             'points_published': str(self.published.get('semantic/points', 0)),
-            'points_skipped': str(counts.get('points_skipped', 0)),
-            'points_failed': str(counts.get('points_failed', 0)),
-            'internal_errors': str(counts.get('internal_errors', 0)),
             'last_rejected': self._last_reject,
             'last_error': self._error or stats.last_error or '',
         }

@@ -131,8 +131,8 @@ class Harness:
 
     def _wanted_outputs(self):
         names = set(self.subs)
-        return [pub for cam, pubs in self.seg_node._pubs.items() for out, pub in pubs.items()
-                if f'{cam}/semantic/{out}' in names]
+        return [pub for cam, pubs in self.seg_node._outputs.publishers.items()
+                for out, pub in pubs.items() if f'{cam}/semantic/{out}' in names]
 
     def publish_pair(self, images, stamp_ns: int, cameras=('left', 'right')) -> None:
         for cam, rgb in zip(cameras, images):

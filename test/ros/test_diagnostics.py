@@ -111,3 +111,22 @@ def test_window_grows_for_slow_models_and_low_rates():
     assert window_seconds(4000.0, 0.0) == 8.0
     assert window_seconds(None, 0.25) == 8.0
     assert window_seconds(1e7, 0.0) == 60.0
+
+
+def test_clock_jumps_are_named():
+    from cityseg_ros.ros.diagnostics import describe_clock_jump
+    assert describe_clock_jump('ROS_TIME_ACTIVATED', -5, 0).startswith('use_sim_time on')
+    assert describe_clock_jump('ROS_TIME_DEACTIVATED', 5, 9).startswith('use_sim_time off')
+    assert describe_clock_jump('ROS_TIME_NO_CHANGE', 30 * 10**9, 30 * 10**9) == (
+        'first /clock message: ROS time starts at 30.000 s')
+    assert describe_clock_jump('ROS_TIME_NO_CHANGE', -30 * 10**9, 70 * 10**9) == (
+        'ROS clock jumped back 30.000 s')
+
+
+def test_counter_values_cover_every_rejection_kind_and_sum_losses():
+    from cityseg_ros.ros.diagnostics import counter_values, REJECT_KINDS
+    values = counter_values({'rejected': 3, 'rejected_too_small': 2, 'left_lost': 4,
+                             'right_lost': 1})
+    assert values['rejected_messages'] == '3' and values['rejected_too_small'] == '2'
+    assert values['lost_images'] == '5'
+    assert all(values[f'rejected_{kind}'] for kind in REJECT_KINDS)

@@ -220,7 +220,7 @@ def test_lost_frames_are_counted_and_named(harness, stereo_pair):
         h.publish_pair(stereo_pair[:1], base + i * PERIOD, cameras=('left',))
     assert h.spin_until(lambda: node.counters.get('left_lost', 0) >= 1)
     assert int(values(node)['lost_images']) == node.counters['left_lost']
-    assert 'images lost before the node' in node._pairing_hint()
+    assert 'images lost before the node' in node._pairer.hint()
 
 
 # -- issue 11.4: too small is rejected input ------------------------------------------------------

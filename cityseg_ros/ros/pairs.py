@@ -1,0 +1,126 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The live node's pairing: the shared StampPairer with time-jump recovery, and what it says.
+
+Beside the pairer it keeps, per camera, the latest stamp and frame_id (bounded by the camera
+list), logs time jumps, frames without partner and frame_id changes (throttled), and names the
+latest jump for ``/diagnostics``. The node's input callbacks call :meth:`LivePairer.push` from
+several executor threads; the pairer is thread-safe and the rest are single assignments.
+"""
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from cityseg_ros.pairing import Matched, StampPairer
+from std_msgs.msg import Header
+
+__all__ = ['LivePairer', 'JUMP_NS', 'MAX_PENDING']
+
+#: Frames kept per camera while the pairer waits for the partner.
+MAX_PENDING = 8
+#: Stamp or ROS-clock jumps larger than this are time jumps (the pairer resets on one back).
+JUMP_NS = 1_000_000_000
+#: Seconds between two log lines of the same kind.
+THROTTLE_S = 5.0
+
+
+class LivePairer:
+    """Pair the input cameras' frames by stamp and explain what happens to the others.
+
+    Args:
+        cameras: the cameras to pair (``NodeParams.input_cameras``), reference first.
+        tolerance_ms: ``pair_tolerance_ms``.
+        logger: the node's logger.
+        count: ``count(key)`` adds one to a node counter (``frame_id_changes``).
+        lost: returns how many input images were lost before the node so far (for the hint).
+    """
+
+    def __init__(self, cameras: Sequence[str], tolerance_ms: float, logger: Any,
+                 count: Callable[[str], None], lost: Callable[[], int]) -> None:
+        self.pairer = StampPairer(cameras, int(tolerance_ms * 1e6), max_pending=MAX_PENDING,
+                                  jump_ns=JUMP_NS)
+        self._cameras = tuple(cameras)
+        self._log = logger
+        self._count = count
+        self._lost = lost
+        self._stamps: Dict[str, int] = {}
+        self._frame_ids: Dict[str, str] = {}
+        self._jumps_logged = 0
+        self._unpaired_logged = 0
+        self.last_jump = ''  # the latest time jump, stamps or ROS clock, in words
+
+    def push(self, camera: str, header: Header, stamp: int, item: Any,
+             topic: str) -> Optional[Matched]:
+        """Pair one decoded frame; return the matched set when it completes one."""
+        self._note_frame_id(camera, header.frame_id, topic)
+        self._stamps[camera] = stamp
+        matched = self.pairer.push(camera, stamp, item)
+        self._log_changes()
+        return matched
+
+    def clear(self) -> None:
+        """Forget pending frames and the late watermark (deactivate, ROS clock jumps)."""
+        self.pairer.clear()
+
+    def stamp_gap_ms(self) -> Optional[float]:
+        """Return the latest stamp difference of the first two cameras, ms (None if unknown)."""
+        if len(self._cameras) < 2:
+            return None
+        stamps = [self._stamps.get(cam) for cam in self._cameras[:2]]
+        if None in stamps:
+            return None
+        return abs(stamps[0] - stamps[1]) / 1e6
+
+    def counters(self) -> Dict[str, int]:
+        """Pairing counters for diagnostics: pairs, unpaired, unpaired_future, time jumps."""
+        stats = self.pairer.stats
+        return {'pairs': stats.matched, 'unpaired': stats.dropped,
+                'unpaired_future': sum(stats.dropped_future.values()),
+                'time_jumps_back': stats.jumps_back, 'time_jumps_forward': stats.jumps_forward}
+
+    def _note_frame_id(self, camera: str, frame_id: str, topic: str) -> None:
+        previous = self._frame_ids.get(camera)
+        self._frame_ids[camera] = frame_id
+        if previous is not None and previous != frame_id:
+            self._count('frame_id_changes')
+            self._log.warning(f'{topic}: frame_id changed from {previous!r} to {frame_id!r}; '
+                              'outputs carry the new one', throttle_duration_sec=THROTTLE_S)
+
+    def _log_changes(self) -> None:
+        stats = self.pairer.stats
+        jumps = stats.jumps_back + stats.jumps_forward
+        if jumps > self._jumps_logged and stats.last_jump is not None:
+            self._jumps_logged = jumps
+            self.last_jump = stats.last_jump.describe()
+            action = 'pairing starts afresh' if stats.last_jump.delta_ns < 0 else 'pairing goes on'
+            self._log.warning(f'time jump: {self.last_jump}; {action}',
+                              throttle_duration_sec=THROTTLE_S)
+        if stats.dropped > self._unpaired_logged:
+            self._unpaired_logged = stats.dropped
+            self._log.warning(
+                f'{stats.dropped} image(s) so far found no partner within pair_tolerance_ms='
+                f'{self.pairer.tolerance_ns / 1e6:g} ms ({self.hint()})',
+                throttle_duration_sec=THROTTLE_S)
+
+    def hint(self) -> str:
+        """Say what the latest stamps and losses suggest about missing partners."""
+        parts = []
+        gap = self.stamp_gap_ms()
+        if gap is not None:
+            parts.append(f'latest {"/".join(self._cameras[:2])} stamps differ by {gap:.1f} ms')
+        lost = self._lost()
+        if lost:
+            parts.append(f'{lost} images lost before the node (transport or input queue)')
+        parts.append('equal stamps need synchronised cameras; see /diagnostics')
+        return '; '.join(parts)
