@@ -106,7 +106,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _hostile(self, state, name):
-        """Serve a server that never stops, trickles, or trickles its headers (bounded: 30 s)."""
+        """Act as a server that never stops, trickles, or trickles its headers (30 s at most)."""
         data = state.files.get(name, b'x' * 65536)
         until = time.monotonic() + 30
         try:
@@ -135,8 +135,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if time.monotonic() > until:
                         return
                 return
-            while time.monotonic() < until:  # endless
+            sent = 0
+            while time.monotonic() < until and sent < 64 << 20:  # "endless": 64 MiB at most
                 self.wfile.write(data)
+                sent += len(data)
         except OSError:  # the client gave up: what the tests want
             pass
 
