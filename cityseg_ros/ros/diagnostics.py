@@ -24,6 +24,7 @@ or still busy. Pure functions and plain data, so every rule is tested without sp
 
 from collections import deque
 from dataclasses import dataclass, field
+import threading
 from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['CounterWindow', 'Facts', 'assess', 'OK', 'WARN', 'ERROR', 'WINDOW_S',
@@ -62,6 +63,7 @@ class CounterWindow:
 
     def __init__(self, start: float, maxlen: int = 128) -> None:
         self._samples: Deque[Tuple[float, Dict[str, int]]] = deque([(start, {})], maxlen=maxlen)
+        self._lock = threading.Lock()  # the diagnostics timer and direct callers
 
     def add(self, now: float, counts: Mapping[str, int],
             seconds: float = WINDOW_S) -> Tuple[float, Dict[str, int]]:
@@ -71,16 +73,18 @@ class CounterWindow:
         the deltas cover at least ``seconds`` once the node has run that long.
         """
         counts = dict(counts)
-        base_t, base = self._samples[0]
-        for t, sample in self._samples:
-            if now - t >= seconds:
-                base_t, base = t, sample
-            else:
-                break
-        while self._samples and self._samples[0][0] < base_t:
-            self._samples.popleft()
-        self._samples.append((now, counts))
-        delta = {k: v - base.get(k, 0) for k, v in counts.items()}
+        with self._lock:
+            base_t, base = self._samples[0]
+            for t, sample in self._samples:
+                if now - t >= seconds:
+                    base_t, base = t, sample
+                else:
+                    break
+            while self._samples and self._samples[0][0] < base_t:
+                self._samples.popleft()
+            self._samples.append((now, counts))
+        # Counters restart at a new configure (a new pairer): never report negative deltas.
+        delta = {k: max(v - base.get(k, 0), 0) for k, v in counts.items()}
         return max(now - base_t, 1e-3), delta
 
 

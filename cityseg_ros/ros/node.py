@@ -416,7 +416,7 @@ class SegmentNode(LifecycleNode):
         if not any(wanted.values()) and not cloud:
             self._count('skipped_no_subscribers')
             return
-        confidence = any('confidence' in outputs for outputs in wanted.values())
+        confidence = any('confidence' in names for names in wanted.values())
         frames = [pair.frames[cam] for cam in params.cameras]
         start = time.perf_counter()
         predictions = seg.predict([frame.rgb for frame in frames], confidence=confidence)
@@ -533,9 +533,9 @@ class SegmentNode(LifecycleNode):
             return 'n/a' if value is None else f'{value:.1f}'
 
         def rate(key: str) -> str:
-            return f'{max(delta.get(key, 0), 0) / window_s:.2f}'
+            return f'{delta.get(key, 0) / window_s:.2f}'
 
-        pairs_in = {k: v for k, v in delta.items() if k.endswith('_images')}
+        images_in = sum(v for k, v in delta.items() if k.endswith('_images'))
         values = {
             'state': self._state,
             'model': params.model if params else self.get_parameter('model').value,
@@ -544,7 +544,7 @@ class SegmentNode(LifecycleNode):
             'cameras': ','.join(params.cameras) if params else '',
             'input_reliability': inputs.summary() if inputs else '',
             'window_s': f'{window_s:.1f}',
-            'input_images_hz': f'{sum(pairs_in.values()) / window_s:.2f}',
+            'input_images_hz': f'{images_in / window_s:.2f}',
             'input_pairs_hz': rate('pairs'),
             'output_hz': rate('published_pairs'),
             'latency_p50_ms': ms(self._latency.percentile(50)),
