@@ -60,7 +60,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 from cityseg_ros.checkpoints import file_problem, read_checkpoint, tensor_problem
 from cityseg_ros.engine import resolve_device
-from cityseg_ros.errors import CheckpointError, ConfigError, ImageError
+from cityseg_ros.errors import CheckpointError, CitysegError, ConfigError, ImageError
 from cityseg_ros.labels import IGNORE_ID, label_ids_to_train_ids, NUM_CLASSES
 from cityseg_ros.metrics import Counts, Scores
 from cityseg_ros.models.zoo import build_model, get_spec, ModelSpec, WeightsFile
@@ -322,12 +322,24 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _read_label_ids(path: Path, shape: Sequence[int]) -> np.ndarray:
-    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if labels is None or labels.dtype != np.uint8 or labels.ndim != 2:
-        raise ImageError(f'{path} is not an 8-bit single-channel labelIds PNG')
-    if labels.shape != tuple(shape[:2]):
-        raise ImageError(f'{path} is {labels.shape[1]}x{labels.shape[0]} but its image is '
+    """Read a labelIds PNG of the image's size; the header is checked before decoding.
+
+    A label file is as hostile as any: a header claiming a huge size is refused before the
+    decoder allocates it, and only a regular file is read (never a FIFO).
+    """
+    from cityseg_ros.imageio import decode_image, probe_file
+
+    info = probe_file(path)
+    if (info.height, info.width) != tuple(shape[:2]):
+        raise ImageError(f'{path} is {info.width}x{info.height} but its image is '
                          f'{shape[1]}x{shape[0]}')
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f'{path} cannot be read: {exc.strerror or exc}') from None
+    labels, _ = decode_image(data, what=str(path))
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ImageError(f'{path} is not an 8-bit single-channel labelIds PNG')
     return labels
 
 
@@ -1015,6 +1027,21 @@ def _score_scalars(prefix: str, scores: Scores) -> dict:
 # The trainer
 
 
+def _unwrapped(exc: CitysegError) -> CitysegError:
+    """Return a loader process's error with its own one-line message.
+
+    DataLoader re-raises a worker's exception with the worker's traceback in the message; the
+    CLI promise is one line, so only the original message (the traceback's last line) is kept.
+    """
+    text = str(exc)
+    if 'Original Traceback' not in text:
+        return exc
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = type(exc).__name__
+    last = last.split(f'{name}: ', 1)[1] if f'{name}: ' in last else last
+    return type(exc)(last.strip())
+
+
 def _round_up(value: int, divisor: int) -> int:
     return max(divisor, -(-value // divisor) * divisor)
 
@@ -1272,7 +1299,10 @@ class Trainer:
         batches = self._batches(loader, sampler, step, steps_per_epoch)
         try:
             while step < last_stop:
-                images, labels = next(batches)
+                try:
+                    images, labels = next(batches)
+                except CitysegError as exc:
+                    raise _unwrapped(exc) from None
                 x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = ((x - mean) / std).contiguous(memory_format=memory_format)
                 y = labels.to(device, non_blocking=True).long()

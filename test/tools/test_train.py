@@ -20,8 +20,10 @@ import json
 import os
 from pathlib import Path
 import re
+import struct
 import subprocess
 import sys
+import zlib
 
 from cityseg_ros.imageio import read_rgb, write_png
 from cityseg_ros.tools import segment_images, train
@@ -318,3 +320,32 @@ def test_disk_full_while_saving_exits_2_and_leaves_no_temporary_file(tmp_path, c
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith(f'train: error: cannot write {out / LAST_CHECKPOINT}: '), lines[0]
     assert not list(out.glob('*.tmp')) and not (out / LAST_CHECKPOINT).exists()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """Return a PNG that declares ``width`` x ``height`` grey pixels but holds no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data)))
+    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b'')
+
+
+def test_label_file_declaring_another_size_is_refused_before_decoding(tmp_path, capsys):
+    root = _dataset(tmp_path / 'cs')
+    label = next((root / 'gtFine').rglob('*_labelIds.png'))
+    label.write_bytes(_png_header(9000, 9000))  # 81 Mpx a decoder would allocate first
+    code, _, err = _run(capsys, _train_args(root, tmp_path / 'run', '--val-split', 'none'))
+    assert code == 2 and err.count('\n') == 1, err
+    assert f'{label} is 9000x9000 but its image is 192x96' in err
+
+
+def test_bad_image_in_a_loader_process_is_one_line(tmp_path, capsys):
+    root = _dataset(tmp_path / 'cs', frames=1)
+    image = next((root / 'leftImg8bit').rglob('*.png'))
+    image.write_bytes(b'not a png at all')
+    code, _, err = _run(capsys, _train_args(root, tmp_path / 'run', '--val-split', 'none',
+                                            '--batch-size', '1', '--workers', '1'))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and 'Traceback' not in err, err
+    assert lines[0].startswith(f'train: error: {image} ') and 'DataLoader' not in lines[0]
