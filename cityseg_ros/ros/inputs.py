@@ -109,19 +109,20 @@ class InputSubscriptions:
         on_camera_info: called as ``on_camera_info(camera, msg)``.
         count: ``count(key, n)`` adds to a diagnostics counter (incompatible_qos,
             ``C_lost``, dds_lost_samples, qos_changes).
-        callback_group: the group of the message callbacks.
+
+    Each camera's callbacks share one mutually exclusive group: cameras are decoded in
+    parallel, but one camera's frames reach the pairer and the sequence check in order.
     """
 
     def __init__(self, node: Node, cameras: Sequence[str], reliability: str, depth: int,
                  on_image: Callable[[str, Image], None],
-                 on_camera_info: Callable[[str, CameraInfo], None], count: Count,
-                 callback_group: Any) -> None:
+                 on_camera_info: Callable[[str, CameraInfo], None], count: Count) -> None:
         self._node = node
         self._auto = reliability == 'auto'
         self._fixed = None if self._auto else reliability
         self._depth = depth
         self._count = count
-        self._group = callback_group
+        self._groups = {cam: MutuallyExclusiveCallbackGroup() for cam in cameras}
         self._on_image = on_image
         self._lock = threading.Lock()
         self._gaps = SequenceGaps()
@@ -226,7 +227,7 @@ class InputSubscriptions:
                     on_lost=functools.partial(self._lost_samples, topic.camera))
                 topic.subscription = self._node.create_subscription(
                     topic.msg_type, topic.name, topic.callback, qos,
-                    callback_group=self._group, event_callbacks=events)
+                    callback_group=self._groups[topic.camera], event_callbacks=events)
                 topic.reliability, topic.reason, topic.settled = wanted, reason, settled
                 if self._auto and topic.msg_type is Image:
                     changed.append(f'{full}: {wanted} ({reason})')

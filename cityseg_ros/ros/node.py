@@ -53,7 +53,6 @@ from cityseg_ros.worker import LatencyWindow, Worker
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 import rclpy
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
@@ -158,7 +157,6 @@ class SegmentNode(LifecycleNode):
         self._node_latency = LatencyWindow()  # callback receive -> publish, ms (monotonic)
         self._worker: Worker[_Pair] = Worker(self._process, on_error=self._on_worker_error,
                                              name=f'{node_name}-worker')
-        self._input_group = ReentrantCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._window = CounterWindow(time.monotonic())
         # A steady clock: under use_sim_time a ROS-time timer stops when /clock stops or
@@ -224,7 +222,7 @@ class SegmentNode(LifecycleNode):
         self._worker.start()
         self._inputs = InputSubscriptions(
             self, params.input_cameras, params.input_reliability, params.input_depth,
-            self._on_image, self._on_camera_info, self._count, self._input_group)
+            self._on_image, self._on_camera_info, self._count)
         self._inputs.start()
         self._state = 'active'
         self.get_logger().info(
