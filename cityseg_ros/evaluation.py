@@ -48,11 +48,11 @@ import statistics
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, TYPE_CHECKING, Union
 
-from cityseg_ros.bags import (BagReader, DEFAULT_TOLERANCE_NS, IMAGE_TYPE, TOPIC_GT_INSTANCE_IDS,
+from cityseg_ros.bags import (BagReader, DEFAULT_TOLERANCE_NS, IMAGE_TYPES, TOPIC_GT_INSTANCE_IDS,
                               TOPIC_GT_LABEL_IDS, TOPIC_LEFT_IMAGE, TopicInfo)
 from cityseg_ros.errors import BagError, CitysegError, ConfigError
-from cityseg_ros.labels import CATEGORY_NAMES, CLASS_NAMES, INSTANCE_CLASSES, NUM_CLASSES
-from cityseg_ros.metrics import Counts, INSTANCE_CATEGORIES, Scores
+from cityseg_ros.labels import CLASS_NAMES, NUM_CLASSES
+from cityseg_ros.metrics import ClassGroups, Counts, mean_defined, Scores
 from cityseg_ros.pairing import StampPairer
 import numpy as np
 
@@ -114,6 +114,11 @@ class EvalOptions:
             that have their GT, in stamp order, from 0).
         batch_size: images per forward pass.
         tolerance_ns: largest header stamp difference between a frame and its GT.
+        label_space: the ids the predictions carry and the classes scored: 'trainid'
+            (official), 'labelid' (official numbers too), 'category' (the official category
+            scores) or 'label_map' (with ``label_map``). A model's trainIds are mapped into it.
+        label_map: a label map YAML file (:mod:`cityseg_ros.label_spaces`): the predictions
+            carry its ids; the GT is mapped the same way and its classes are scored.
     """
 
     left_topic: str = TOPIC_LEFT_IMAGE
@@ -125,9 +130,12 @@ class EvalOptions:
     shard: tuple[int, int] = (0, 1)
     batch_size: int = 1
     tolerance_ns: int = DEFAULT_TOLERANCE_NS
+    label_space: str = 'trainid'
+    label_map: str = ''
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first option that cannot work."""
+        self.class_groups()
         index, count = self.shard
         if count < 1 or not 0 <= index < count:
             raise ConfigError(f'shard {index}/{count} does not exist; use i/n with 0 <= i < n, '
@@ -142,6 +150,20 @@ class EvalOptions:
         topics = [t for t in (self.scored_topic, self.gt_topic, self.instance_topic) if t]
         if len(set(topics)) != len(topics):
             raise ConfigError(f'the scored, GT and instance topics must differ, got {topics}')
+
+    def class_groups(self) -> ClassGroups:
+        """Return the classes scored, from :attr:`label_space` / :attr:`label_map`.
+
+        Raises:
+            ConfigError: an unknown space or a bad label map file.
+        """
+        from cityseg_ros.label_spaces import get_label_space
+
+        space = get_label_space(self.label_space, self.label_map)
+        kind = 'label_map' if self.label_map else self.label_space
+        if kind == 'trainid':
+            return ClassGroups.trainid()
+        return ClassGroups.from_lut(space.name, kind, space.lut, space.ignore_id, space.names)
 
     @property
     def scored_topic(self) -> str:
@@ -256,11 +278,40 @@ class Evaluation:
     partial: bool = False
     error: Optional[str] = None
     merged_from: list[str] = field(default_factory=list)
+    groups: ClassGroups = field(default_factory=ClassGroups.trainid)
 
     @property
     def scores(self) -> Scores:
         """The official scores of the counts (NaN where undefined)."""
         return Scores.from_counts(self.counts)
+
+    def space_scores(self) -> 'SpaceScores':
+        """Return the scores in the label space (:attr:`groups`), NaN where undefined.
+
+        trainid and labelid: the official scores. category: the official category scores, as
+        the classes too. A label map: IoU of the map's classes; categories and iIoU undefined.
+        """
+        official = self.scores
+        groups = self.groups
+        if groups.official:
+            return SpaceScores(groups.names, dict(zip(groups.names, official.class_iou.values())),
+                               official.miou,
+                               {groups.names[CLASS_NAMES.index(n)]: v
+                                for n, v in official.class_iiou.items()}, official.iiou,
+                               official.category_iou, official.miou_category,
+                               official.category_iiou, official.iiou_category,
+                               official.pixel_accuracy, self.counts.confusion)
+        iou, accuracy = groups.class_iou(self.counts)
+        class_iou = dict(zip(groups.names, iou.tolist()))
+        miou = mean_defined(iou.tolist())
+        confusion = groups.confusion(self.counts)
+        if groups.kind == 'category':
+            return SpaceScores(groups.names, class_iou, miou, official.category_iiou,
+                               official.iiou_category, official.category_iou,
+                               official.miou_category, official.category_iiou,
+                               official.iiou_category, accuracy, confusion)
+        return SpaceScores(groups.names, class_iou, miou, {}, math.nan, {}, math.nan, {},
+                           math.nan, accuracy, confusion)
 
     @property
     def frames_per_s(self) -> float:
@@ -289,18 +340,35 @@ class Evaluation:
         ``iiou_category``, ``confusion`` (19x19, GT rows x predicted columns), ``frames``
         (frames scored), ``timing``. Then: ``class_iiou``, ``category_iiou``,
         ``pixel_accuracy``, ``confusion_void`` (per GT class, pixels predicted outside 0..18),
-        ``instance_frames``, ``skipped``, ``partial``, ``error``, ``bag``, ``model``,
-        ``topics``, ``shard``, ``limit`` and, for a merge, ``merged_from``.
+        ``label_space``, ``instance_frames``, ``skipped``, ``partial``, ``error``, ``bag``,
+        ``model``, ``topics``, ``shard``, ``limit`` and, for a merge, ``merged_from``.
+
+        In another label space than trainid/labelid (:meth:`space_scores`) the class keys and
+        the confusion (KxK) are the space's classes.
         """
-        scores = self.scores
-        out = scores.to_dict()
-        out['frames'] = self.counts.frames
-        out['timing'] = self.timing_dict()
+        scores = self.space_scores()
+        classes = len(scores.names)
+
+        def floats(values: dict[str, float]) -> dict[str, Optional[float]]:
+            return {k: _json_float(v) for k, v in values.items()}
+
+        out = {
+            'miou': _json_float(scores.miou),
+            'class_iou': floats(scores.class_iou),
+            'category_iou': floats(scores.category_iou),
+            'miou_category': _json_float(scores.miou_category),
+            'iiou': _json_float(scores.iiou),
+            'iiou_category': _json_float(scores.iiou_category),
+            'confusion': scores.confusion[:, :classes].tolist(),
+            'frames': self.counts.frames,
+            'timing': self.timing_dict(),
+        }
         out.update({
-            'class_iiou': {k: _json_float(v) for k, v in scores.class_iiou.items()},
-            'category_iiou': {k: _json_float(v) for k, v in scores.category_iiou.items()},
+            'class_iiou': floats(scores.class_iiou),
+            'category_iiou': floats(scores.category_iiou),
             'pixel_accuracy': _json_float(scores.pixel_accuracy),
-            'confusion_void': self.counts.confusion[:, NUM_CLASSES].tolist(),
+            'confusion_void': scores.confusion[:, classes].tolist(),
+            'label_space': self.groups.to_dict(),
             'instance_frames': self.counts.instance_frames,
             'skipped': [{'stamp_ns': s.stamp_ns, 'reason': s.reason} for s in self.skipped],
             'partial': self.partial,
@@ -323,6 +391,26 @@ class Evaluation:
 # The evaluator
 
 
+class SpaceScores(NamedTuple):
+    """The scores of an evaluation in its label space; NaN marks an undefined score.
+
+    ``confusion`` is int64[K, K + 1] over the K classes of ``names`` (GT rows, predicted
+    columns; the last column counts predictions outside the classes).
+    """
+
+    names: tuple[str, ...]
+    class_iou: dict[str, float]
+    miou: float
+    class_iiou: dict[str, float]
+    iiou: float
+    category_iou: dict[str, float]
+    miou_category: float
+    category_iiou: dict[str, float]
+    iiou_category: float
+    pixel_accuracy: float
+    confusion: np.ndarray
+
+
 class _Work(NamedTuple):
     """A matched frame waiting for its batch."""
 
@@ -338,6 +426,13 @@ _ROLE_TEXT = {
     _GT: ('ground truth labelIds', '--gt-topic'),
     _INST: ('ground truth instanceIds', '--instance-topic'),
 }
+
+
+def _as_uint8(labels: np.ndarray) -> np.ndarray:
+    """Integer labels as uint8, values outside 0..255 as 255 (never a real class)."""
+    if labels.dtype == np.uint8:
+        return labels
+    return np.where((labels >= 0) & (labels <= 255), labels, 255).astype(np.uint8)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -369,8 +464,19 @@ class BagEvaluator:
         options.validate()
         self.bag = Path(bag)
         self.options = options
+        groups = options.class_groups()
         self.evaluation = Evaluation(bag=str(self.bag), shard=options.shard,
-                                     limit=options.limit)
+                                     limit=options.limit, groups=groups)
+        # Labels -> trainIds of the right group: recorded predictions carry the space's ids,
+        # a model's carry trainIds (None: nothing to map).
+        if options.predictions_topic:
+            self._to_train = None if groups.kind == 'trainid' else groups.prediction_lut()
+        else:
+            lut = np.full(256, 255, np.uint8)
+            to_train = groups.prediction_lut()
+            lut[:NUM_CLASSES] = [to_train[groups.ids[g]] if g >= 0 else 255
+                                 for g in groups.groups]
+            self._to_train = None if groups.official else lut
         self._topics: Optional[dict[str, str]] = None
         self._counts: dict[str, Optional[int]] = {}
         self._matched_frames = 0
@@ -469,6 +575,10 @@ class BagEvaluator:
     def _resolve_topics(self, topics: dict[str, TopicInfo]) -> dict[str, str]:
         opts = self.options
         wanted = {_REF: opts.scored_topic, _GT: opts.gt_topic}
+        compressed = f'{opts.left_topic}/compressed'
+        if not opts.predictions_topic and opts.left_topic not in topics and compressed in topics:
+            _LOG.info('bag %s has no %s: reading %s', self.bag, opts.left_topic, compressed)
+            wanted[_REF] = compressed
         if opts.instance_topic and (opts.instance_topic in topics or opts.require_instances):
             wanted[_INST] = opts.instance_topic
         present = ', '.join(sorted(topics)) or 'none'
@@ -479,9 +589,9 @@ class BagEvaluator:
             if topic not in topics:
                 raise BagError(f'bag {self.bag} has no topic {topic} ({what}); topics present: '
                                f'{present}; pass the right one with {flag}')
-            if topics[topic].msgtype != IMAGE_TYPE:
+            if topics[topic].msgtype not in IMAGE_TYPES:
                 raise BagError(f'topic {topic} of bag {self.bag} holds {topics[topic].msgtype}, '
-                               f'not {IMAGE_TYPE} ({what}); pass an image topic with {flag}')
+                               f'not an image ({what}); pass an image topic with {flag}')
         if opts.instance_topic and _INST not in wanted:
             _LOG.info('bag %s has no %s: frames are scored without instance ids, iIoU is '
                       'undefined', self.bag, opts.instance_topic)
@@ -614,17 +724,26 @@ class BagEvaluator:
             inference_s = (time.perf_counter() - start) / len(batch)
         else:
             labels = [w.scored for w in batch]
+        groups = evaluation.groups
         for work, pred in zip(batch, labels):
             start = time.perf_counter()
+            if self._to_train is not None:
+                pred = self._to_train[_as_uint8(pred)]
             # Added straight into the totals, so the iIoU sums grow in the official order
             # (merging per-frame subtotals would round differently); the frame's own scores
             # come from its share of the confusion matrix.
             before = evaluation.counts.confusion.copy()
             evaluation.counts.add(work.gt, pred, work.instances)
-            frame_scores = Scores.from_counts(Counts(evaluation.counts.confusion - before))
+            frame = Counts(evaluation.counts.confusion - before)
+            if groups.official:
+                frame_scores = Scores.from_counts(frame)
+                accuracy, miou = frame_scores.pixel_accuracy, frame_scores.miou
+            else:
+                iou, accuracy = groups.class_iou(frame)
+                miou = mean_defined(iou.tolist())
             scoring_s = time.perf_counter() - start
-            row = FrameResult(work.stamp_ns, frame_scores.pixel_accuracy, frame_scores.miou,
-                              work.decode_s * 1e3, inference_s * 1e3, scoring_s * 1e3)
+            row = FrameResult(work.stamp_ns, accuracy, miou, work.decode_s * 1e3,
+                              inference_s * 1e3, scoring_s * 1e3)
             evaluation.frames.append(row)
             evaluation.timing.decode_s += work.decode_s
             evaluation.timing.inference_s += inference_s
@@ -782,6 +901,11 @@ def _parse_metrics(data: Any, evaluation: Evaluation) -> None:
             raise _Bad('skipped holds an entry that is not {stamp_ns, reason}')
         evaluation.skipped.append(SkippedFrame(_count(entry.get('stamp_ns'), 'a skipped stamp'),
                                                entry['reason']))
+    if data.get('label_space') is not None:
+        try:
+            evaluation.groups = ClassGroups.from_dict(data['label_space'])
+        except ValueError as exc:
+            raise _Bad(str(exc)) from None
     timing = _get(data, 'timing', (dict,)) or {}
     stages = ('decode_s', 'inference_s', 'scoring_s', 'wall_s')
     evaluation.timing = StageTiming(
@@ -874,7 +998,7 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
 
     Raises:
         ConfigError: no parts; a shard given twice; parts scored by different models, or
-            some by a model and some from recorded predictions.
+            some by a model and some from recorded predictions, or in different label spaces.
     """
     if not parts:
         raise ConfigError('nothing to merge: pass the output folders of the shards')
@@ -884,6 +1008,11 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
     if len(sources) > 1:
         raise ConfigError(f'the parts were scored differently ({sorted(map(str, sources))}); '
                           'merge only the shards of one evaluation')
+    spaces = {p.groups for p in described}
+    if len(spaces) > 1:
+        raise ConfigError(f'the parts were scored in different label spaces '
+                          f'({", ".join(sorted(g.name for g in spaces))}); merge only the shards '
+                          'of one evaluation')
     shards: dict[tuple[str, int], set[int]] = {}
     for part in described:
         if part.shard is None:
@@ -913,6 +1042,7 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
     bags = sorted({p.bag for p in described})
     merged.bag = ', '.join(bags) if bags else None
     merged.model = next((p.model for p in described if p.model), None)
+    merged.groups = next(iter(spaces), ClassGroups.trainid())
     merged.topics = next((dict(p.topics) for p in described if p.topics), {})
     limits = {p.limit for p in described}
     merged.limit = limits.pop() if len(limits) == 1 else None
@@ -999,8 +1129,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def write_report(evaluation: Evaluation, path: PathLike) -> None:
     """Write a markdown report: scores per class and category, timing, skipped frames."""
-    scores = evaluation.scores
-    conf = evaluation.counts.confusion
+    scores = evaluation.space_scores()
+    conf = scores.confusion
+    groups = evaluation.groups
     lines = ['# Cityscapes evaluation', '']
     source = 'recorded predictions on ' + str(evaluation.topics.get('scored'))
     if evaluation.model is not None:
@@ -1009,7 +1140,8 @@ def write_report(evaluation: Evaluation, path: PathLike) -> None:
                   f'tta {m.tta}, input {m.input_size[0]}x{m.input_size[1]})')
     lines += [f'- bag: `{evaluation.bag}`', f'- labels: {source}',
               f'- frames scored: {evaluation.counts.frames} ({evaluation.counts.instance_frames}'
-              f' with instance ids), skipped: {len(evaluation.skipped)}']
+              f' with instance ids), skipped: {len(evaluation.skipped)}',
+              f'- label space: {groups.name} ({groups.kind}, {len(groups.ids)} classes)']
     if evaluation.shard is not None and evaluation.shard[1] > 1:
         lines.append(f'- shard: {evaluation.shard[0]}/{evaluation.shard[1]}')
     if evaluation.limit is not None:
@@ -1020,24 +1152,28 @@ def write_report(evaluation: Evaluation, path: PathLike) -> None:
     if evaluation.partial:
         lines += [f'> **Partial result**: {evaluation.error}. The scores cover only the '
                   f'{evaluation.counts.frames} frames scored.', '']
-    lines += ['## Summary', '', 'Official Cityscapes scores (cityscapesScripts definitions), '
-              'in percent; n/a = undefined (no GT and no prediction).', '']
+    what = ('Official Cityscapes scores (cityscapesScripts definitions)' if groups.kind
+            in ('trainid', 'labelid', 'category') else
+            f'Scores of the classes of label map {groups.name} (official IoU rules)')
+    lines += ['## Summary', '', f'{what}, in percent; n/a = undefined (no GT and no '
+              'prediction).', '']
     lines += _table(['score', 'classes', 'categories'], [
         ['IoU (mean)', _pct(scores.miou), _pct(scores.miou_category)],
         ['iIoU (mean)', _pct(scores.iiou), _pct(scores.iiou_category)],
         ['pixel accuracy', _pct(scores.pixel_accuracy), '']])
     lines += ['## Classes', '']
     rows = []
-    for index, name in enumerate(CLASS_NAMES):
+    for index, name in enumerate(scores.names):
         rows.append([name, _pct(scores.class_iou[name]),
-                     _pct(scores.class_iiou[name]) if name in INSTANCE_CLASSES else '',
+                     _pct(scores.class_iiou[name]) if name in scores.class_iiou else '',
                      int(conf[index].sum()), int(conf[:, index].sum())])
     lines += _table(['class', 'IoU %', 'iIoU %', 'GT pixels', 'predicted pixels'], rows)
-    lines += ['## Categories', '']
-    lines += _table(['category', 'IoU %', 'iIoU %'], [
-        [name, _pct(scores.category_iou[name]),
-         _pct(scores.category_iiou[name]) if name in INSTANCE_CATEGORIES else '']
-        for name in CATEGORY_NAMES])
+    if scores.category_iou and groups.kind != 'category':
+        lines += ['## Categories', '']
+        lines += _table(['category', 'IoU %', 'iIoU %'], [
+            [name, _pct(scores.category_iou[name]),
+             _pct(scores.category_iiou[name]) if name in scores.category_iiou else '']
+            for name in scores.category_iou])
     timing = evaluation.timing_dict()
     lines += ['## Timing', '']
     stages = [('read + decode', 'decode'), ('inference', 'inference'), ('scoring', 'scoring')]
@@ -1065,16 +1201,19 @@ def write_confusion_png(evaluation: Evaluation, path: PathLike) -> None:
     """Plot the row-normalised confusion matrix (GT rows, predicted columns) with class names.
 
     Rows are divided by all the pixels of the GT class, so a row sums to the class recall plus
-    its misses; a last column ``(none)`` appears when some predictions lie outside 0..18.
+    its misses; a last column ``(none)`` appears when some predictions lie outside the classes
+    (of the label space: 19 trainIds, 7 categories or a label map's).
     """
     # Lazy, and through the Agg canvas rather than pyplot: no GUI backend, no global state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    conf = evaluation.counts.confusion.astype(np.float64)
-    columns = list(CLASS_NAMES)
-    if not conf[:, NUM_CLASSES].any():
-        conf = conf[:, :NUM_CLASSES]
+    scores = evaluation.space_scores()
+    names = list(scores.names)
+    conf = scores.confusion.astype(np.float64)
+    columns = list(names)
+    if not conf[:, len(names)].any():
+        conf = conf[:, :len(names)]
     else:
         columns.append('(none)')
     totals = conf.sum(axis=1, keepdims=True)
@@ -1084,7 +1223,7 @@ def write_confusion_png(evaluation: Evaluation, path: PathLike) -> None:
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap='Blues', vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(columns)), columns, rotation=60, ha='right', fontsize=8)
-    ax.set_yticks(range(NUM_CLASSES), CLASS_NAMES, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel('predicted class')
     ax.set_ylabel('ground truth class')
     title = f'Confusion, row-normalised ({evaluation.counts.frames} frames'

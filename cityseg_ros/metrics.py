@@ -44,7 +44,8 @@ from cityseg_ros.labels import (CATEGORY_NAMES, CLASS_NAMES, ID_TO_TRAINID, IGNO
 import numpy as np
 
 __all__ = [
-    'AVG_CLASS_SIZE', 'INSTANCE_CATEGORIES', 'MAX_COUNT', 'Counts', 'Scores', 'FrameStats',
+    'AVG_CLASS_SIZE', 'INSTANCE_CATEGORIES', 'MAX_COUNT', 'ClassGroups', 'Counts', 'Scores',
+    'FrameStats', 'mean_defined',
     'confusion', 'frame_stats',
 ]
 
@@ -257,7 +258,7 @@ def _category_fp(cat_conf: np.ndarray) -> np.ndarray:
     return cat_conf[:, :cats].sum(axis=0) - np.diagonal(cat_conf)
 
 
-def _mean_defined(values) -> float:
+def mean_defined(values) -> float:
     """Mean over the non-NaN values, NaN if none (official ``getScoreAverage``).
 
     A plain left-to-right sum in class order, as the official loop does, so the result is the
@@ -301,7 +302,7 @@ def frame_stats(gt_label_ids: np.ndarray, pred_train_ids: np.ndarray) -> FrameSt
     conf = _label_confusion(_runs(gt, pred))
     total = int(conf.sum())
     accuracy = float(np.trace(conf)) / total if total else math.nan
-    return FrameStats(accuracy, _mean_defined(_class_iou(conf).tolist()))
+    return FrameStats(accuracy, mean_defined(_class_iou(conf).tolist()))
 
 
 def _zeros_float(size: int) -> np.ndarray:
@@ -518,6 +519,131 @@ class Counts:
                                'file is damaged or was edited, re-run that evaluation')
 
 
+@dataclass(frozen=True)
+class ClassGroups:
+    """The evaluated classes of a label space, each a group of trainIds.
+
+    The counts are always kept per trainId (:class:`Counts`); a label space whose class is
+    several trainIds (Cityscapes categories, a user's label map) is scored by adding up the
+    rows and columns of each group, which gives the official category scores exactly and the
+    same rules (a prediction outside the classes is a miss, never a false positive) for any
+    grouping. trainIds a space does not evaluate are ignored as ground truth.
+
+    Attributes:
+        name: 'trainid', 'labelid', 'category' or a label map's name.
+        kind: 'trainid', 'labelid', 'category' or 'label_map'.
+        ids: the classes' ids in the space, ascending.
+        names: the classes' names, in the order of ``ids``.
+        groups: 19 entries: trainId -> index into ``ids``, -1 = not evaluated.
+    """
+
+    name: str
+    kind: str
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+    groups: tuple[int, ...]
+
+    KINDS = ('trainid', 'labelid', 'category', 'label_map')
+
+    def __post_init__(self) -> None:
+        count = len(self.ids)
+        if self.kind not in self.KINDS:
+            raise ValueError(f'kind must be one of {self.KINDS}, got {self.kind!r}')
+        if not 1 <= count <= _N or len(self.names) != count or len(self.groups) != _N:
+            raise ValueError(f'{count} ids, {len(self.names)} names, {len(self.groups)} groups: '
+                             f'need 1..{_N} classes with a name each and {_N} groups')
+        if sorted(set(self.ids)) != list(self.ids) or not all(0 <= i <= 255 for i in self.ids):
+            raise ValueError(f'ids must be ascending, distinct and in 0..255, got {self.ids}')
+        if sorted(set(self.groups) - {-1}) != list(range(count)):
+            raise ValueError(f'groups must cover each class 0..{count - 1} (or -1), got '
+                             f'{self.groups}')
+
+    @classmethod
+    def trainid(cls) -> 'ClassGroups':
+        """Return the 19 Cityscapes trainIds themselves: the official scores."""
+        return cls('trainid', 'trainid', tuple(range(_N)), CLASS_NAMES, tuple(range(_N)))
+
+    @classmethod
+    def from_lut(cls, name: str, kind: str, lut: np.ndarray, ignore_id: int,
+                 names: dict[int, str]) -> 'ClassGroups':
+        """Build the groups of a label space from its trainId -> id table.
+
+        Args:
+            name: the space's name.
+            kind: see :attr:`kind`.
+            lut: uint8[256] (or at least 19 entries): trainId -> id in the space.
+            ignore_id: the space's id for ignored pixels; trainIds mapped to it are not
+                evaluated.
+            names: id -> name.
+        """
+        lut = [int(v) for v in np.asarray(lut)[:_N]]
+        ids = tuple(sorted({v for v in lut if v != ignore_id}))
+        return cls(name, kind, ids, tuple(str(names.get(i, i)) for i in ids),
+                   tuple(ids.index(v) if v != ignore_id else -1 for v in lut))
+
+    @property
+    def official(self) -> bool:
+        """True when the classes are the 19 trainIds one to one (trainid, labelid)."""
+        return self.groups == tuple(range(_N))
+
+    def prediction_lut(self) -> np.ndarray:
+        """uint8[256]: an id of the space -> a trainId of its group (255 for other ids).
+
+        Predictions in the space become trainIds that land in the right group; which trainId
+        of a group does not matter to the grouped scores.
+        """
+        lut = np.full(256, IGNORE_ID, np.uint8)
+        for train_id, group in enumerate(self.groups):
+            if group >= 0 and lut[self.ids[group]] == IGNORE_ID:
+                lut[self.ids[group]] = train_id
+        return lut
+
+    def confusion(self, counts: 'Counts') -> np.ndarray:
+        """int64[K, K + 1] confusion of the K classes; column K = predicted outside them."""
+        count = len(self.ids)
+        rows = np.zeros((count, _N), np.int64)
+        columns = np.zeros((_N + 1, count + 1), np.int64)
+        for train_id, group in enumerate(self.groups):
+            if group >= 0:
+                rows[group, train_id] = 1
+            columns[train_id, group if group >= 0 else count] = 1
+        columns[_N, count] = 1
+        return rows @ counts.confusion @ columns
+
+    def class_iou(self, counts: 'Counts') -> tuple[np.ndarray, float]:
+        """float64[K] IoU of the classes (NaN: undefined) and the pixel accuracy."""
+        conf = self.confusion(counts)
+        count = len(self.ids)
+        tp = np.diagonal(conf).copy()
+        fn = conf.sum(axis=1) - tp
+        fp = conf[:, :count].sum(axis=0) - tp
+        total = int(conf.sum())
+        return _iou(tp, fp, fn), float(np.trace(conf)) / total if total else math.nan
+
+    def to_dict(self) -> dict:
+        """Return the ``label_space`` entry of metrics.json (enough to score merged counts)."""
+        return {'name': self.name, 'kind': self.kind, 'ids': list(self.ids),
+                'names': list(self.names), 'groups': list(self.groups)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> 'ClassGroups':
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: anything but what :meth:`to_dict` writes.
+        """
+        if not isinstance(data, dict):
+            raise ValueError('label_space is not an object')
+        fields = [data.get(k) for k in ('name', 'kind', 'ids', 'names', 'groups')]
+        name, kind, ids, names, groups = fields
+        if not (isinstance(name, str) and isinstance(kind, str)
+                and all(isinstance(v, list) and len(v) <= 256 for v in (ids, names, groups))
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in ids + groups)
+                and all(isinstance(n, str) for n in names)):
+            raise ValueError('label_space is not {name, kind, ids, names, groups}')
+        return cls(name, kind, tuple(ids), tuple(names), tuple(groups))
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Read the arrays of a small ``.npz`` without trusting it.
 
@@ -633,13 +759,13 @@ class Scores:
         frozen = conf.copy()
         frozen.flags.writeable = False
         return cls(
-            miou=_mean_defined(class_iou.tolist()),
+            miou=mean_defined(class_iou.tolist()),
             class_iou=dict(zip(CLASS_NAMES, class_iou.tolist())),
-            miou_category=_mean_defined(category_iou.tolist()),
+            miou_category=mean_defined(category_iou.tolist()),
             category_iou=dict(zip(CATEGORY_NAMES, category_iou.tolist())),
-            iiou=_mean_defined(class_iiou.tolist()),
+            iiou=mean_defined(class_iiou.tolist()),
             class_iiou=dict(zip(INSTANCE_CLASSES, class_iiou.tolist())),
-            iiou_category=_mean_defined(category_iiou.tolist()),
+            iiou_category=mean_defined(category_iiou.tolist()),
             category_iiou=dict(zip(INSTANCE_CATEGORIES, category_iiou.tolist())),
             pixel_accuracy=float(np.trace(conf)) / total if total else math.nan,
             frames=counts.frames,

@@ -16,8 +16,8 @@
 
 from pathlib import Path
 
-from cityseg_ros.bags import (BagReader, BagWriter, CameraCalibration, image_msg,
-                              image_to_numpy, TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS,
+from cityseg_ros.bags import (BagReader, BagWriter, CameraCalibration, COMPRESSED_IMAGE_TYPE,
+                              image_msg, image_to_numpy, TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS,
                               TOPIC_LEFT_IMAGE, TOPIC_LEFT_INFO, TOPIC_RIGHT_IMAGE,
                               TOPIC_RIGHT_INFO)
 from cityseg_ros.errors import BagError, ImageError
@@ -380,3 +380,39 @@ def test_sqlite3_damage_met_while_reading_is_raised_after_the_good_frames(tmp_pa
             for frame in bag.read_frames(TOPIC_LEFT_IMAGE, gt_topic=TOPIC_GT_LABEL_IDS):
                 frames.append(frame)
     assert [f.stamp_ns for f in frames] == [s for s, _ in expected[:2]]
+
+
+@pytest.mark.parametrize('storage', STORAGES)
+def test_compressed_images_are_read_by_their_message_type(tmp_path, storage):
+    arrays = _frame_arrays(0)
+    with BagWriter(tmp_path / 'bag', storage=storage) as bag:
+        bag.write_compressed_image('/cam/compressed', arrays['left'], 'png', 'rgb8', START, 'c')
+        bag.write_compressed_image('/jpeg/compressed', arrays['left'], 'jpeg', 'rgb8', START,
+                                   'c')
+        bag.write_compressed_image('/gt/compressed', arrays['gt'], 'png', 'mono8', START, 'c')
+        bag.write_compressed_image('/gt/jpeg', arrays['gt'], 'jpeg', 'mono8', START, 'c')
+    with BagReader(tmp_path / 'bag') as bag:
+        assert bag.topics['/cam/compressed'].msgtype == COMPRESSED_IMAGE_TYPE
+        (frame,) = bag.read_frames('/cam/compressed', gt_topic='/gt/compressed')
+        np.testing.assert_array_equal(frame.left, arrays['left'])  # PNG: lossless
+        np.testing.assert_array_equal(frame.gt_label_ids, arrays['gt'])
+        (record,) = bag.read_images('/gt/compressed')
+        assert record.image.shape == arrays['gt'].shape and record.frame_id == 'c'
+        (jpeg,) = bag.read_frames('/jpeg/compressed')
+        assert jpeg.left.shape == arrays['left'].shape and jpeg.left.dtype == np.uint8
+        with pytest.raises(BagError, match='must be PNG'):
+            list(bag.read_frames('/cam/compressed', gt_topic='/gt/jpeg'))
+        (message,) = bag.read_messages('/jpeg/compressed')
+        assert message.msg.format == 'rgb8; jpeg compressed bgr8' and message.stamp_ns == START
+
+
+def test_corrupt_compressed_image_raises_bag_error_naming_topic_and_stamp(tmp_path):
+    from cityseg_ros.bags import compressed_image_msg
+
+    msg = compressed_image_msg(_frame_arrays(0)['gt'], 'png', 'mono8', START, 'c')
+    msg.data = msg.data[:40]
+    with BagWriter(tmp_path / 'bag') as bag:
+        bag.write_message('/gt/compressed', msg, START)
+    with BagReader(tmp_path / 'bag') as bag:
+        with pytest.raises(BagError, match=f'/gt/compressed at stamp {START} ns'):
+            list(bag.read_images('/gt/compressed'))

@@ -379,3 +379,156 @@ def test_ground_truth_beside_a_matched_one_is_listed(tmp_path):
     assert [row.stamp_ns for row in result.frames] == stamps
     reason = 'ground truth not used: another one within 10 ms was matched to its frame'
     assert result.skipped == [(stamps[1] + 10**6, reason)]
+
+
+# -- label spaces and compressed topics ------------------------------------------------------
+
+def _write_space_bag(path, data, to_space, compressed=False):
+    """Predictions (mapped by ``to_space``) + GT; the predictions as PNG if ``compressed``."""
+    topic = PRED + '/compressed' if compressed else PRED
+    with BagWriter(path) as bag:
+        for index, frame in enumerate(data):
+            stamp = START + index * PERIOD
+            labels = to_space(frame['pred'])
+            if compressed:
+                bag.write_compressed_image(topic, labels, 'png', 'mono8', stamp, 'left')
+            else:
+                bag.write_image(topic, labels, 'mono8', stamp, 'left')
+            bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', stamp, 'left')
+            bag.write_image(TOPIC_GT_INSTANCE_IDS, frame['inst'], 'mono16', stamp, 'left')
+    return topic
+
+
+def _with_void(data, seed=1):
+    """Frames whose predictions also hold 255 (no prediction) here and there."""
+    rng = np.random.default_rng(seed)
+    for frame in data:
+        frame['pred'] = np.where(rng.random(frame['pred'].shape) < 0.05, 255,
+                                 frame['pred']).astype(np.uint8)
+    return data
+
+
+def test_labelid_predictions_give_exactly_the_official_scores(tmp_path):
+    from cityseg_ros.label_spaces import get_label_space
+
+    data = _with_void(frames(4))
+    space = get_label_space('labelid')
+    write_bag(tmp_path / 'train', data)
+    topic = _write_space_bag(tmp_path / 'label', data, space.map)
+    official = evaluate(tmp_path / 'train').to_dict()
+    ours = evaluate(tmp_path / 'label', predictions_topic=topic, label_space='labelid').to_dict()
+    for key in ('miou', 'class_iou', 'category_iou', 'miou_category', 'iiou', 'iiou_category',
+                'class_iiou', 'category_iiou', 'confusion', 'confusion_void', 'pixel_accuracy'):
+        assert ours[key] == official[key], key
+    assert ours['label_space']['kind'] == 'labelid'
+
+
+def test_category_predictions_give_the_official_category_scores(tmp_path):
+    from cityseg_ros.label_spaces import get_label_space
+
+    data = _with_void(frames(4))
+    write_bag(tmp_path / 'train', data)
+    topic = _write_space_bag(tmp_path / 'cat', data, get_label_space('category').map)
+    official = evaluate(tmp_path / 'train').to_dict()
+    result = evaluate(tmp_path / 'cat', predictions_topic=topic, label_space='category')
+    ours = result.to_dict()
+    assert ours['class_iou'] == official['category_iou']  # the space's classes: categories
+    assert ours['category_iou'] == official['category_iou']
+    assert ours['miou'] == ours['miou_category'] == official['miou_category']
+    assert ours['iiou'] == ours['iiou_category'] == official['iiou_category']
+    assert np.array(ours['confusion']).shape == (7, 7)
+    report_dir = tmp_path / 'out'
+    write_outputs(result, report_dir)
+    assert '| construction |' in (report_dir / 'report.md').read_text()
+
+
+def test_label_map_scores_the_maps_classes(tmp_path):
+    from cityseg_ros.label_spaces import get_label_space
+
+    label_map = tmp_path / 'map.yaml'
+    label_map.write_text('ignore: {id: 0, name: unknown, color: [0, 0, 0]}\n'
+                         'classes:\n'
+                         '  - {id: 5, name: ground, color: [1, 2, 3], train_ids: [road, '
+                         'sidewalk]}\n'
+                         '  - {id: 9, name: people, color: [4, 5, 6], train_ids: [person, '
+                         'rider]}\n'
+                         '  - {id: 7, name: cars, color: [7, 8, 9], train_ids: [car]}\n')
+    space = get_label_space(label_map=str(label_map))
+    data = _with_void(frames(4))
+    topic = _write_space_bag(tmp_path / 'bag', data, space.map)
+    result = evaluate(tmp_path / 'bag', predictions_topic=topic, label_map=str(label_map))
+    ours = result.to_dict()
+    # Direct count: GT labelIds -> trainIds -> the map's ids; ids 0 (unknown) not evaluated.
+    gt = np.concatenate([space.map(ID_TO_TRAINID[f['gt']]).ravel() for f in data])
+    pred = np.concatenate([space.map(f['pred']).ravel() for f in data])
+    expected = {}
+    for ident, name in ((5, 'ground'), (7, 'cars'), (9, 'people')):
+        evaluated = gt != 0
+        tp = np.sum((gt == ident) & (pred == ident))
+        fn = np.sum(gt == ident) - tp
+        fp = np.sum(evaluated & (gt != ident) & (pred == ident))
+        expected[name] = tp / (tp + fp + fn)
+    assert ours['class_iou'] == pytest.approx(expected, abs=0, rel=1e-15)
+    assert ours['miou'] == pytest.approx(np.mean(list(expected.values())), rel=1e-15)
+    assert ours['iiou'] is None and ours['category_iou'] == {}
+    assert ours['label_space']['names'] == ['ground', 'cars', 'people']
+
+
+def test_png_compressed_predictions_score_exactly_like_raw_ones(tmp_path):
+    data = _with_void(frames(3))
+    write_bag(tmp_path / 'raw', data)
+    topic = _write_space_bag(tmp_path / 'png', data, lambda p: p, compressed=True)
+    raw = evaluate(tmp_path / 'raw')
+    png = evaluate(tmp_path / 'png', predictions_topic=topic)
+    assert_same_counts(png.counts, raw.counts)
+    assert scored(png.frames) == scored(raw.frames)
+
+
+def test_jpeg_compressed_labels_are_refused(tmp_path):
+    topic = PRED + '/compressed'
+    with BagWriter(tmp_path / 'bag') as bag:
+        frame = frames(1)[0]
+        bag.write_compressed_image(topic, frame['pred'], 'jpeg', 'mono8', START, 'left')
+        bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', START, 'left')
+    evaluator = BagEvaluator(tmp_path / 'bag', EvalOptions(predictions_topic=topic,
+                                                           instance_topic=None))
+    with pytest.raises(BagError, match='must be PNG'):
+        evaluator.run()
+
+
+def test_camera_topic_falls_back_to_its_compressed_topic(tmp_path):
+    with BagWriter(tmp_path / 'bag') as bag:
+        frame = frames(1)[0]
+        bag.write_compressed_image(TOPIC_LEFT_IMAGE + '/compressed', frame['left'], 'jpeg',
+                                   'rgb8', START, 'left')
+        bag.write_image(TOPIC_GT_LABEL_IDS, frame['gt'], 'mono8', START, 'left')
+    evaluator = BagEvaluator(tmp_path / 'bag', EvalOptions(instance_topic=None))
+    evaluator.check()
+    assert evaluator.evaluation.topics['scored'] == TOPIC_LEFT_IMAGE + '/compressed'
+
+
+def test_shards_of_another_label_space_do_not_merge(tmp_path):
+    from cityseg_ros.label_spaces import get_label_space
+
+    data = frames(4)
+    topic = _write_space_bag(tmp_path / 'cat', data, get_label_space('category').map)
+    parts = [evaluate(tmp_path / 'cat', predictions_topic=topic, label_space='category',
+                      shard=(i, 2)) for i in range(2)]
+    merged = merge_evaluations(parts)
+    whole = evaluate(tmp_path / 'cat', predictions_topic=topic, label_space='category')
+    assert merged.groups == whole.groups and merged.to_dict()['class_iou'] == pytest.approx(
+        whole.to_dict()['class_iou'], rel=1e-12)
+    write_outputs(parts[0], tmp_path / 's0')
+    assert load_evaluation(tmp_path / 's0').groups == whole.groups
+    other = evaluate(tmp_path / 'cat', predictions_topic=topic, label_space='labelid',
+                     shard=(1, 2))
+    with pytest.raises(ConfigError, match='different label spaces'):
+        merge_evaluations([parts[0], other])
+
+
+def test_bad_label_space_options_raise_config_error(tmp_path):
+    with pytest.raises(ConfigError, match='unknown label space'):
+        BagEvaluator(tmp_path / 'bag', EvalOptions(label_space='ids'))
+    (tmp_path / 'map.yaml').write_text('classes: 5\n')
+    with pytest.raises(ConfigError, match='map.yaml'):
+        BagEvaluator(tmp_path / 'bag', EvalOptions(label_map=str(tmp_path / 'map.yaml')))

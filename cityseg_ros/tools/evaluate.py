@@ -38,6 +38,7 @@ from cityseg_ros.errors import BagError, CitysegError, ConfigError
 from cityseg_ros.evaluation import (BagEvaluator, check_output_folder, EvalOptions, Evaluation,
                                     load_evaluation, MAX_TOLERANCE_NS, merge_evaluations,
                                     OUTPUT_FILES, write_outputs)
+from cityseg_ros.label_spaces import LABEL_SPACES
 from cityseg_ros.tools.common import EXIT_OK, run_cli
 from cityseg_ros.tools.segment_images import add_model_arguments, segmenter_from_args
 import cv2
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     topics = parser.add_argument_group('topics')
     topics.add_argument('--left-topic', default=TOPIC_LEFT_IMAGE, metavar='TOPIC',
-                        help='camera images to segment (default: %(default)s)')
+                        help='camera images to segment, Image or CompressedImage; when absent, '
+                             'TOPIC/compressed is read (default: %(default)s)')
     topics.add_argument('--gt-topic', default=TOPIC_GT_LABEL_IDS, metavar='TOPIC',
                         help='mono8 GT labelIds (default: %(default)s)')
     topics.add_argument('--instance-topic', default=None, metavar='TOPIC',
@@ -80,8 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument('--no-instances', action='store_true',
                         help='do not read instance ids (iIoU undefined)')
     topics.add_argument('--predictions-topic', metavar='TOPIC',
-                        help='score the mono8 trainId labels recorded on TOPIC instead of '
-                             'running a model (the model options are then ignored)')
+                        help='score the mono8 labels recorded on TOPIC (Image, or PNG '
+                             'CompressedImage such as .../semantic/labels/compressed) instead '
+                             'of running a model (the model options are then ignored)')
+    topics.add_argument('--label-space', default='trainid', choices=LABEL_SPACES,
+                        help='the ids the labels carry and the classes scored: trainid and '
+                             'labelid give the official scores, category the official '
+                             'category scores, label_map the classes of --label-map; the '
+                             'trainIds of a model are mapped into it (default: %(default)s)')
+    topics.add_argument('--label-map', default='', metavar='FILE.yaml',
+                        help='a label map (config/label_map_example.yaml): the predictions '
+                             'carry its ids, the GT is mapped the same way, its classes are '
+                             'scored')
     topics.add_argument('--tolerance-ms', type=float, default=10.0, metavar='MS',
                         help='largest stamp difference between a frame and its GT '
                              '(default: %(default)g)')
@@ -103,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(evaluation: Evaluation, out: Path) -> str:
-    scores = evaluation.scores
+    scores = evaluation.space_scores()
 
     def fmt(value: float) -> str:
         return 'n/a' if value != value else f'{value:.4f}'
@@ -126,7 +138,8 @@ def _options(args: argparse.Namespace) -> EvalOptions:
         left_topic=args.left_topic, gt_topic=args.gt_topic, instance_topic=instance_topic,
         require_instances=args.instance_topic is not None,
         predictions_topic=args.predictions_topic, limit=args.limit, shard=args.shard,
-        batch_size=args.batch_size, tolerance_ns=round(args.tolerance_ms * 1e6))
+        batch_size=args.batch_size, tolerance_ns=round(args.tolerance_ms * 1e6),
+        label_space=args.label_space, label_map=args.label_map)
 
 
 def _run_merge(args: argparse.Namespace) -> int:

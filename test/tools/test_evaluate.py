@@ -17,6 +17,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 from cityseg_ros.bags import (BagWriter, TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS,
                               TOPIC_LEFT_IMAGE)
@@ -300,3 +301,63 @@ def test_limit_scores_the_first_frames(tmp_path, capsys):
     assert code == 0, err
     assert [r[0] for r in _rows(tmp_path / 'out')] == stamps[:2]
     assert _metrics(tmp_path / 'out')['limit'] == 2
+
+
+# -- compressed bags and label spaces --------------------------------------------------------
+
+@pytest.mark.slow
+def test_jpeg_bag_of_the_real_frames_evaluates_and_reports_the_cost_of_jpeg(
+        tmp_path, capsys, cityscapes_root, espnetv2_weights):
+    """make_bag --image-format jpeg (quality 90) vs raw, official ESPNetv2 weights."""
+    metrics = {}
+    for name, extra in (('raw', []), ('jpeg90', ['--image-format', 'jpeg', '--jpeg-quality',
+                                                 '90'])):
+        bag = tmp_path / name
+        code, _, err = _run(capsys, make_bag, '--cityscapes-root', cityscapes_root, '--split',
+                            'train', '--out', bag, '--no-progress', *extra)
+        assert code == 0, err
+        out = tmp_path / f'{name}_eval'
+        code, _, err = _run(capsys, evaluate, '--bag', bag, '--model', 'espnetv2', '--weights',
+                            espnetv2_weights, '--device', 'cpu', '--out', out, '--quiet')
+        assert code == 0, err
+        metrics[name] = _metrics(out)
+    jpeg, raw = metrics['jpeg90'], metrics['raw']
+    assert jpeg['topics']['scored'] == TOPIC_LEFT_IMAGE + '/compressed'  # the fallback
+    assert jpeg['frames'] == raw['frames'] == REAL_FRAMES and not jpeg['partial']
+    cost = raw['miou'] - jpeg['miou']
+    with capsys.disabled():
+        print(f'\nESPNetv2 on {REAL_FRAMES} real frames: mIoU raw {100 * raw["miou"]:.2f}, JPEG '
+              f'quality 90 {100 * jpeg["miou"]:.2f} (cost {100 * cost:+.2f} points); category '
+              f'mIoU {100 * raw["miou_category"]:.2f} -> {100 * jpeg["miou_category"]:.2f}')
+    assert abs(cost) < 0.02  # JPEG 90 is close to lossless for the model
+
+
+def test_label_map_cli_scores_the_example_maps_classes(tmp_path, capsys):
+    from cityseg_ros.label_spaces import get_label_space
+
+    label_map = Path(__file__).resolve().parents[2] / 'config' / 'label_map_example.yaml'
+    space = get_label_space(label_map=str(label_map))
+    _write_bag(tmp_path / 'bag', 3, pred=lambda gt, index: space.map(ID_TO_TRAINID[gt]))
+    out = tmp_path / 'out'
+    code, stdout, err = _run(capsys, evaluate, '--bag', tmp_path / 'bag', '--predictions-topic',
+                             PRED, '--label-map', label_map, '--out', out, '--quiet')
+    assert code == 0, err
+    metrics = _metrics(out)
+    assert metrics['label_space']['name'] == 'drivability'
+    names = set(metrics['label_space']['names'])
+    assert names <= {n for i, n in space.names.items() if i != space.ignore_id}
+    assert all(v in (1.0, None) for v in metrics['class_iou'].values())
+    assert metrics['miou'] == 1.0 and 'mIoU 1.0000' in stdout
+
+
+def test_category_space_cli(tmp_path, capsys):
+    from cityseg_ros.label_spaces import get_label_space
+
+    space = get_label_space('category')
+    _write_bag(tmp_path / 'bag', 2, pred=lambda gt, index: space.map(ID_TO_TRAINID[gt]))
+    code, _, err = _run(capsys, evaluate, '--bag', tmp_path / 'bag', '--predictions-topic', PRED,
+                        '--label-space', 'category', '--out', tmp_path / 'out', '--quiet')
+    assert code == 0, err
+    metrics = _metrics(tmp_path / 'out')
+    assert list(metrics['class_iou']) == list(CATEGORY_NAMES)
+    assert metrics['miou'] == metrics['miou_category'] == 1.0
