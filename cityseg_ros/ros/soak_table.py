@@ -485,7 +485,8 @@ def soak(duration_s: float = 600.0, rate_hz: float = 30.0, size: Tuple[int, int]
         result.error = str(exc) or type(exc).__name__
     finally:
         player.stop()
-        executor.shutdown()
+        executor.shutdown(timeout_sec=10.0)
+        spinner.join(10.0)  # no callback may run while the node's handles go
         node.destroy_node()
         rclpy.try_shutdown(context=context)
         proc.terminate()

@@ -17,7 +17,7 @@
 import pytest
 
 
-def test_soak_20_s_output_resumes_after_every_fault_and_the_node_stays_active(rclpy_session):
+def test_soak_20_s_output_resumes_after_every_fault_and_the_node_stays_active():
     pytest.importorskip('torch')
     from cityseg_ros.ros.soak_table import format_result, soak
 
