@@ -190,7 +190,13 @@ class InputSubscriptions:
 
     def _tick(self) -> None:
         if self._due.is_set() or time.monotonic() - self._last_look >= RECHECK_S:
-            self.recheck()
+            try:
+                self.recheck()
+            except Exception as exc:  # noqa: B902 -- a timer must not end the node; next tick
+                self._count('internal_errors', 1)
+                self._node.get_logger().error(
+                    f'input QoS check failed ({type(exc).__name__}: {exc}); retrying',
+                    throttle_duration_sec=THROTTLE_S)
 
     def _incompatible(self) -> None:
         if self._auto:  # a publisher changed its QoS: follow it at the next tick

@@ -388,6 +388,12 @@ class SegmentNode(LifecycleNode):
 
     def _on_clock_jump(self, jump: Any) -> None:
         """Restart latency and pairing after a ROS clock jump (use_sim_time, /clock)."""
+        try:
+            self._clock_jumped(jump)
+        except Exception as exc:  # noqa: B902 -- called from the /clock subscription
+            self._internal_error('/clock', exc)
+
+    def _clock_jumped(self, jump: Any) -> None:
         change = getattr(jump.clock_change, 'name', str(jump.clock_change))
         delta_ns = jump.delta.nanoseconds
         what = describe_clock_jump(change, delta_ns, self.get_clock().now().nanoseconds)
@@ -570,10 +576,13 @@ class SegmentNode(LifecycleNode):
 
     def publish_diagnostics(self) -> None:
         """Publish one DiagnosticArray on /diagnostics (the 1 Hz steady timer calls this)."""
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [self.diagnostics()]
-        self._diag_pub.publish(array)
+        try:
+            array = DiagnosticArray()
+            array.header.stamp = self.get_clock().now().to_msg()
+            array.status = [self.diagnostics()]
+            self._diag_pub.publish(array)
+        except Exception as exc:  # noqa: B902 -- a bug here must not end the node
+            self._internal_error('/diagnostics', exc)
 
 
 def main(args: Optional[List[str]] = None) -> int:
