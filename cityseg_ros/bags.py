@@ -693,12 +693,16 @@ class _McapFile:
         if opcode == _OP_SCHEMA:
             (schema_id,) = fields.unpack(_U16)
             self.schemas[schema_id] = fields.string()
+            if len(self.schemas) > _MAX_TOPICS:
+                raise _Damage(f'{self.path.name} defines more than {_MAX_TOPICS} schemas')
             return
         channel_id, schema_id = fields.unpack(_CHANNEL_HEAD)
         topic = fields.string()
         encoding = fields.string()
         if encoding == 'cdr' and schema_id in self.schemas:
             self.channels[channel_id] = (topic, self.schemas[schema_id])
+            if len(self.channels) > _MAX_TOPICS:
+                raise _Damage(f'{self.path.name} defines more than {_MAX_TOPICS} channels')
 
     def scan(self, topics: Optional[Sequence[str]], with_data: bool,
              message_compression: str = '') -> Iterator[tuple[int, int, bytes]]:

@@ -851,6 +851,13 @@ def _count(value: Any, what: str, low: int = 0) -> int:
     return value
 
 
+def _stamp(value: Any, what: str) -> int:
+    """Return a header stamp in ns: any int64 (stamps before 1970 exist in simulations)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**63:
+        raise _Bad(f'{what} is {value!r}, not an int64 stamp')
+    return value
+
+
 def _seconds(value: Any, what: str) -> float:
     if value is None:
         return 0.0
@@ -899,7 +906,7 @@ def _parse_metrics(data: Any, evaluation: Evaluation) -> None:
     for entry in skipped:
         if not isinstance(entry, dict) or not isinstance(entry.get('reason'), str):
             raise _Bad('skipped holds an entry that is not {stamp_ns, reason}')
-        evaluation.skipped.append(SkippedFrame(_count(entry.get('stamp_ns'), 'a skipped stamp'),
+        evaluation.skipped.append(SkippedFrame(_stamp(entry.get('stamp_ns'), 'a skipped stamp'),
                                                entry['reason']))
     if data.get('label_space') is not None:
         try:
@@ -970,7 +977,7 @@ def load_evaluation(folder: PathLike) -> Evaluation:
             if rows.fieldnames is None or list(rows.fieldnames) != list(_FRAME_FIELDS):
                 raise _Bad(f'its columns are {rows.fieldnames}, not {", ".join(_FRAME_FIELDS)}')
             evaluation.frames = [
-                FrameResult(_count(int(row['stamp_ns']), 'stamp_ns'),
+                FrameResult(_stamp(int(row['stamp_ns']), 'stamp_ns'),
                             *(_float(row[k]) for k in _FRAME_FIELDS[1:]))
                 for row in rows]
         except (OSError, ValueError, TypeError, csv.Error, _Bad) as exc:
@@ -1077,12 +1084,16 @@ def write_outputs(evaluation: Evaluation, out_dir: PathLike) -> list[Path]:
     return paths
 
 
-def check_output_folder(out_dir: PathLike) -> None:
+def check_output_folder(out_dir: PathLike, create: bool = False) -> None:
     """Check, before a long run, that :func:`write_outputs` can write into ``out_dir``.
 
+    Args:
+        out_dir: the output folder.
+        create: also create it (with its parents), so a path that cannot be made fails now.
+
     Raises:
-        ConfigError: ``out_dir`` (or a folder above it) is a file, or one of
-            :data:`OUTPUT_FILES` in it is a folder.
+        ConfigError: ``out_dir`` (or a folder above it) is a file, one of
+            :data:`OUTPUT_FILES` in it is a folder, or it cannot be created.
     """
     out = Path(out_dir)
     for parent in (out, *out.parents):
@@ -1095,6 +1106,12 @@ def check_output_folder(out_dir: PathLike) -> None:
         if (out / name).is_dir():
             raise ConfigError(f'--out {out}: {out / name} is a folder; remove it or pass '
                               'another --out')
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f'cannot create the output folder {out}: '
+                              f'{exc.strerror or exc}; pass a writable --out') from None
 
 
 def write_metrics_json(evaluation: Evaluation, path: PathLike) -> None:

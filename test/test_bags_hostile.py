@@ -213,3 +213,10 @@ def test_paths_that_are_not_bags(tmp_path):
         'relative_file_paths': ['../../../etc/passwd']}}))
     with pytest.raises(BagError, match='no .mcap or .db3 file'):
         BagReader(listed).open()
+
+
+def test_more_channels_than_any_bag_has_are_refused(tmp_path):
+    topics = [f'/t{i}' for i in range(10_001)]
+    path = write_mcap(tmp_path / 'many.mcap', mcap_message(), topics=topics, footer=False)
+    with pytest.raises(BagError, match='more than 10000'):
+        BagReader(path).open()

@@ -188,8 +188,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.bag.exists():
         raise BagError(f'--bag {args.bag} does not exist; pass a rosbag2 directory or a '
                        '.mcap/.db3 file (make_bag writes one from Cityscapes)')
+    if args.predictions_topic is not None and not args.predictions_topic.strip():
+        raise ConfigError('--predictions-topic is empty; pass the labels topic, e.g. '
+                          '/stereo/left/semantic/labels')
     evaluator = BagEvaluator(args.bag, _options(args))
-    check_output_folder(args.out)
+    check_output_folder(args.out, create=True)
     try:
         evaluator.check()  # the topics, before spending time on loading a model
         segmenter = None if args.predictions_topic else segmenter_from_args(args)

@@ -166,7 +166,8 @@ def _corrupt(folder, case):
         'metrics: shard of three numbers': '{"shard": [0, 1, 2]}',
         'metrics: skipped of strings': '{"skipped": ["x"]}',
         'metrics: skipped stamp text': '{"skipped": [{"stamp_ns": "x", "reason": "r"}]}',
-        'metrics: negative stamp': '{"skipped": [{"stamp_ns": -1, "reason": "r"}]}',
+        'metrics: stamp beyond int64': '{"skipped": [{"stamp_ns": 18446744073709551616, '
+                                       '"reason": "r"}]}',
         'metrics: NaN timing': '{"timing": {"wall_s": NaN}}',
         'metrics: infinite timing': '{"timing": {"decode_s": 1e999}}',
         'metrics: timing as a list': '{"timing": [1]}',
@@ -191,8 +192,8 @@ def _corrupt(folder, case):
         rows[0] = 'stamp,miou'
     elif case == 'frames: stamp text':
         rows[1] = 'x' + rows[1][rows[1].index(','):]
-    elif case == 'frames: negative stamp':
-        rows[1] = '-5' + rows[1][rows[1].index(','):]
+    elif case == 'frames: stamp beyond int64':
+        rows[1] = str(2**64) + rows[1][rows[1].index(','):]
     elif case == 'frames: infinite score':
         rows[1] = rows[1].rsplit(',', 1)[0] + ',inf'
     elif case == 'frames: a NUL byte':
@@ -221,11 +222,11 @@ MERGE_CASES = [
     'metrics: not JSON', 'metrics: a list', 'metrics: model without name',
     'metrics: model input size text', 'metrics: shard out of range',
     'metrics: shard of three numbers', 'metrics: skipped of strings',
-    'metrics: skipped stamp text', 'metrics: negative stamp', 'metrics: NaN timing',
+    'metrics: skipped stamp text', 'metrics: stamp beyond int64', 'metrics: NaN timing',
     'metrics: infinite timing', 'metrics: timing as a list', 'metrics: zero workers',
     'metrics: deep nesting', 'metrics: a 5000-digit number', 'metrics: limit zero',
     'metrics: topics of numbers', 'metrics: not UTF-8', 'metrics: a directory',
-    'frames: other columns', 'frames: stamp text', 'frames: negative stamp',
+    'frames: other columns', 'frames: stamp text', 'frames: stamp beyond int64',
     'frames: infinite score', 'frames: a NUL byte', 'frames: a field of 1 MB',
     'frames: a row missing', 'frames: not UTF-8',
 ]
@@ -451,3 +452,28 @@ def test_hostile_invocations_in_a_child_print_one_line(tmp_path, shard):
         assert code == 2 and len(lines) == 1, (argv, code, err)
         assert lines[0].startswith(f'{tool}: error: ') and match in lines[0], (match, err)
     assert peak < 2 * GIB
+
+
+def test_empty_predictions_topic_and_unmakeable_out_fail_before_any_model(tmp_path, capsys):
+    write_bag(tmp_path / 'bag', count=1)
+    code, err = _run(capsys, '--bag', tmp_path / 'bag', '--predictions-topic', ' ', '--out',
+                     tmp_path / 'out', '--quiet')
+    assert_one_error_line(code, err, '--predictions-topic is empty')
+    code, err = _run(capsys, '--bag', tmp_path / 'bag', '--weights', tmp_path / 'missing.pth',
+                     '--out', '/proc/no/such/folder', '--quiet')
+    assert_one_error_line(code, err, 'cannot create the output folder /proc/no/such/folder')
+
+
+def test_stamps_before_1970_round_trip_through_a_merge(tmp_path, capsys, shard):
+    folder = tmp_path / 'shard'
+    shutil.copytree(shard, folder)
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    metrics['skipped'] = [{'stamp_ns': -5_000_000_000, 'reason': 'no ground truth labelIds'}]
+    (folder / 'metrics.json').write_text(json.dumps(metrics))
+    rows = (folder / 'frames.csv').read_text().splitlines()
+    rows[1] = '-7' + rows[1][rows[1].index(','):]
+    (folder / 'frames.csv').write_text('\n'.join(rows) + '\n')
+    code, err = _run(capsys, 'merge', '--out', tmp_path / 'merged', folder)
+    assert code == 0, err
+    merged = json.loads((tmp_path / 'merged' / 'metrics.json').read_text())
+    assert merged['skipped'][0]['stamp_ns'] == -5_000_000_000
