@@ -37,7 +37,6 @@ import contextlib
 import csv
 from dataclasses import dataclass, field
 import heapq
-import io
 import json
 import logging
 import math
@@ -929,11 +928,13 @@ def _float(text: str) -> float:
     return value
 
 
-def _read_capped(path: Path, limit: int) -> bytes:
+def _check_capped(path: Path, limit: int) -> None:
+    """Refuse anything but a regular file (a pipe would block) of at most ``limit`` bytes."""
+    if not path.is_file():
+        raise _Bad('not a regular file')
     size = path.stat().st_size
     if size > limit:
         raise _Bad(f'{size} bytes, more than any evaluation writes ({limit} at most)')
-    return path.read_bytes()
 
 
 def load_evaluation(folder: PathLike) -> Evaluation:
@@ -963,8 +964,8 @@ def load_evaluation(folder: PathLike) -> Evaluation:
     metrics_path = folder / 'metrics.json'
     if metrics_path.exists():
         try:
-            data = json.loads(_read_capped(metrics_path, _MAX_METRICS_BYTES))
-            _parse_metrics(data, evaluation)
+            _check_capped(metrics_path, _MAX_METRICS_BYTES)
+            _parse_metrics(json.loads(metrics_path.read_bytes()), evaluation)
         except (OSError, ValueError, RecursionError, _Bad) as exc:
             raise CitysegError(f'{metrics_path} is not a metrics.json of evaluate ({_text(exc)}'
                                '); re-run that shard, or remove the file to merge its counts '
@@ -972,14 +973,16 @@ def load_evaluation(folder: PathLike) -> Evaluation:
     frames_path = folder / 'frames.csv'
     if frames_path.exists():
         try:
-            text = _read_capped(frames_path, _MAX_FRAMES_CSV_BYTES).decode()
-            rows = csv.DictReader(io.StringIO(text, newline=''))
-            if rows.fieldnames is None or list(rows.fieldnames) != list(_FRAME_FIELDS):
-                raise _Bad(f'its columns are {rows.fieldnames}, not {", ".join(_FRAME_FIELDS)}')
-            evaluation.frames = [
-                FrameResult(_stamp(int(row['stamp_ns']), 'stamp_ns'),
-                            *(_float(row[k]) for k in _FRAME_FIELDS[1:]))
-                for row in rows]
+            _check_capped(frames_path, _MAX_FRAMES_CSV_BYTES)
+            with frames_path.open(newline='', encoding='utf-8') as handle:
+                rows = csv.DictReader(handle)
+                if rows.fieldnames is None or list(rows.fieldnames) != list(_FRAME_FIELDS):
+                    raise _Bad(f'its columns are {rows.fieldnames}, not '
+                               f'{", ".join(_FRAME_FIELDS)}')
+                evaluation.frames = [
+                    FrameResult(_stamp(int(row['stamp_ns']), 'stamp_ns'),
+                                *(_float(row[k]) for k in _FRAME_FIELDS[1:]))
+                    for row in rows]
         except (OSError, ValueError, TypeError, csv.Error, _Bad) as exc:
             raise CitysegError(f'{frames_path} is not a frames.csv of evaluate ({_text(exc)}); '
                                're-run that shard, or remove the file to merge without '

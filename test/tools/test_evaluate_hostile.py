@@ -20,6 +20,7 @@ group, with file descriptor 2 captured, as a user sees it.
 """
 
 import json
+import os
 import shutil
 import struct
 import zipfile
@@ -187,6 +188,14 @@ def _corrupt(folder, case):
         metrics.unlink()
         metrics.mkdir()
         return 'is not a metrics.json of evaluate'
+    if case == 'metrics: a pipe':  # reading it would block forever
+        metrics.unlink()
+        os.mkfifo(metrics)
+        return 'not a regular file'
+    if case == 'frames: a pipe':
+        frames.unlink()
+        os.mkfifo(frames)
+        return 'not a regular file'
     rows = frames.read_text().splitlines()
     if case == 'frames: other columns':
         rows[0] = 'stamp,miou'
@@ -226,6 +235,7 @@ MERGE_CASES = [
     'metrics: infinite timing', 'metrics: timing as a list', 'metrics: zero workers',
     'metrics: deep nesting', 'metrics: a 5000-digit number', 'metrics: limit zero',
     'metrics: topics of numbers', 'metrics: not UTF-8', 'metrics: a directory',
+    'metrics: a pipe', 'frames: a pipe',
     'frames: other columns', 'frames: stamp text', 'frames: stamp beyond int64',
     'frames: infinite score', 'frames: a NUL byte', 'frames: a field of 1 MB',
     'frames: a row missing', 'frames: not UTF-8',
