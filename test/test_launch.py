@@ -408,7 +408,7 @@ def test_registered_node_runs_under_another_venvs_ros_and_dies_with_its_parent(t
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = _Output(parent)
     try:
-        assert output.wait_for(r'active: subscribed', 120), output.text
+        assert output.wait_for(r'\bactive\b', 120), output.text
         assert _pids_with(f'__ns:=/{namespace}')
     finally:
         parent.kill()
@@ -575,8 +575,9 @@ def test_ros2_launch_defaults_segment_a_2048x1024_stereo_stream(tmp_path, reliab
         player = subprocess.run(
             [sys.executable, '-m', 'cityseg_ros.ros.demo', '--node', 'none', '--namespace',
              launch.namespace, '--synthetic', '1024x2048', '--rate', '1', '--frames', '6',
-             '--player-reliability', reliability, '--save', '0', '--out', str(tmp_path)],
-            env=_env(), capture_output=True, text=True, timeout=400)
+             '--player-reliability', reliability, '--save', '0', '--out', str(tmp_path),
+             '--timeout', '300'],  # model loading on a busy 2-core machine
+            env=_env(), capture_output=True, text=True, timeout=500)
     finally:
         launch.stop()
     assert player.returncode == 0, player.stdout + player.stderr + launch.output.text

@@ -294,8 +294,10 @@ def wait_until_ready(pubs, recorder: 'Recorder', proc: Optional[subprocess.Popen
         if all(p.get_subscription_count() for p in pubs) and recorder.labels_matched():
             return
         time.sleep(0.1)
-    raise CitysegError(f'segment_node did not subscribe to the images within {timeout:g} s; '
-                       'is it running and active in this namespace and ROS_DOMAIN_ID?')
+    seen = ', '.join(f'{p.topic_name}: {p.get_subscription_count()} subscriber(s)' for p in pubs)
+    raise CitysegError(f'segment_node did not subscribe to the images within {timeout:g} s '
+                       f'({seen}; labels publisher found: {recorder.labels_matched()}); is it '
+                       'running and active in this namespace and ROS_DOMAIN_ID?')
 
 
 def build_parser() -> argparse.ArgumentParser:
