@@ -96,11 +96,15 @@ def test_image_to_rgb_demosaics_each_bayer_pattern(encoding, pad):
 
 
 def test_accepted_encodings_are_the_contract():
-    assert set(ACCEPTED_ENCODINGS) == {'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'bayer_rggb8',
-                                       'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8'}
+    # DESIGN.md: rgb8, bgr8, rgba8, bgra8, mono8, bayer_*8, yuv422 variants, 16-bit encodings.
+    bayer = {f'bayer_{order}{bits}' for order in ('rggb', 'bggr', 'gbrg', 'grbg')
+             for bits in (8, 16)}
+    assert set(ACCEPTED_ENCODINGS) == {
+        'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'rgb16', 'bgr16', 'rgba16', 'bgra16', 'mono16',
+        'yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv', 'nv12', 'nv21', *bayer}
 
 
-@pytest.mark.parametrize('encoding', ['mono16', 'yuv422', '32FC1', ''])
+@pytest.mark.parametrize('encoding', ['16UC1', '32FC1', 'yuv999', ''])
 def test_image_to_rgb_rejects_other_encodings_naming_it_and_the_accepted_ones(encoding):
     msg = _image(RGB[..., 0].copy(), 'mono8')
     msg.encoding = encoding
