@@ -289,13 +289,15 @@ class _Player:
         msg = _image(left, now, 'left_optical')
         msg.width = msg.height = msg.step = 2**32 - 1
         bad.append(msg)
-        for msg in bad:
+        for msg in bad:  # paced: a burst would only overflow the node's input queue
             self.images['left'].publish(msg)
+            time.sleep(0.03)
         info = _camera_info('left', now, self.size)
         info.p[0] = float('nan')
         self.infos['left'].publish(info)
         info = _camera_info('right', now, self.size)
         info.width = 2**32 - 1
+        time.sleep(0.03)
         self.infos['right'].publish(info)
 
 
