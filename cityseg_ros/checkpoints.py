@@ -828,8 +828,10 @@ def _check_tensors(state: object, path: Path, spec: Optional[ModelSpec]) -> dict
     """Insist on a flat mapping of names to tensors; explain wrappers the adapter left."""
     owner = f' (zoo model {spec.name!r})' if spec else ''
     if not isinstance(state, Mapping):
-        raise CheckpointError(f'{path} holds a {type(state).__name__}, not a state dict (a '
-                              f'mapping of parameter names to tensors){owner}')
+        kind = type(state).__name__
+        article = 'an' if kind[:1].lower() in 'aeiou' else 'a'
+        raise CheckpointError(f'{path} holds {article} {kind}, not a state dict (a mapping of '
+                              f'parameter names to tensors){owner}')
     nested = [k for k, v in state.items() if isinstance(v, Mapping)]
     if nested:
         inner = ([k for k in nested if k in _WRAPPER_KEYS] or nested)[0]

@@ -570,6 +570,8 @@ BAD_FILES = {
                          r'tries to import the forbidden Python global '
                          r'test_checkpoints\._Arbitrary: .*must not be trusted'),
     'list': (lambda p: torch.save([torch.zeros(1)], p), 'holds a list, not a state dict'),
+    'str': (lambda p: torch.save('weights', p), 'holds a str, not a state dict'),
+    'int': (lambda p: torch.save(7, p), 'holds an int, not a state dict'),
     'non-tensor value': (lambda p: torch.save({'a': 1}, p), "entry 'a' is of type int"),
     'html page': (lambda p: p.write_text('<!DOCTYPE html><html>404</html>'), 'an HTML page'),
 }

@@ -154,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f'cache directory {cache} is a file, not a directory; pass another '
                           '--cache-dir (or $CITYSEG_ROS_CACHE)')
     if problem not in ('not found', 'is a directory, not a file'):
+        problem = problem.replace(', not a file', ', not a directory')
         raise ConfigError(f'cache directory {cache} {problem}; pass another --cache-dir (or '
                           '$CITYSEG_ROS_CACHE)')
     mirror = args.mirror or os.environ.get(MIRROR_ENV) or None
