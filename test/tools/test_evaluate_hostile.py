@@ -28,6 +28,7 @@ import zipfile
 from cityseg_ros.bags import BagWriter, TOPIC_GT_INSTANCE_IDS, TOPIC_GT_LABEL_IDS
 from cityseg_ros.labels import ID_TO_TRAINID
 from cityseg_ros.tools import evaluate
+import cv2
 from hostile import (GIB, mcap_chunk, mcap_message, run_child, STAMP, write_mcap, zstd_bomb)
 import numpy as np
 import pytest
@@ -446,10 +447,27 @@ def test_hostile_invocations_in_a_child_print_one_line(tmp_path, shard):
     cut = write_bag(tmp_path / 'cut', count=8)
     mcap = next(cut.glob('*.mcap'))
     mcap.write_bytes(mcap.read_bytes()[:mcap.stat().st_size * 2 // 3])
+    zero_page = write_bag(tmp_path / 'zero_page', storage='sqlite3')
+    db3 = next(zero_page.glob('*.db3'))
+    data = bytearray(db3.read_bytes()[:-100])
+    data[16:18] = b'\0\0'  # page size 0: the salvage reader divided by it
+    db3.write_bytes(bytes(data))
+    root = tmp_path / 'cs'
+    city = root / 'leftImg8bit' / 'train' / 'aachen'
+    city.mkdir(parents=True)
+    for index in range(2):
+        left = city / f'aachen_00000{index}_000019_leftImg8bit.png'
+        assert cv2.imwrite(str(left), np.zeros((8, 16, 3), np.uint8))
+    make = ['--cityscapes-root', root, '--split', 'train', '--out', tmp_path / 'made']
     out = tmp_path / 'out'
     cases = [
         ('evaluate', ['--bag', bomb, '--predictions-topic', PRED, '--no-instances', '--out',
                       out / 'bomb'], 'inflates to more than'),
+        ('evaluate', ['--bag', zero_page, '--predictions-topic', PRED, '--out', out / 'zero'],
+         'nothing in it is readable'),
+        ('make_bag', [*make, '--start-time', '3000000000'], '--start-time must be'),
+        ('make_bag', [*make, '--start-time', 'inf'], '--start-time must be'),
+        ('make_bag', [*make, '--rate-hz', '1e-300', '--start-time', '1'], 'past 2147483647 s'),
         ('evaluate', ['merge', '--out', out / 'huge', huge], 'header over'),
         ('evaluate', ['--bag', cut, '--predictions-topic', PRED, '--out', out / 'cut'],
          'partial: true'),
