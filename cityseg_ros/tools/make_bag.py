@@ -223,7 +223,7 @@ def load_calibration(path: Path) -> StereoCalibration:
     return StereoCalibration(**values)
 
 
-def _read(path: Path, what: str, dtype: type, channels: int) -> np.ndarray:
+def _read(path: Path, what: str, dtype: type, channels: Sequence[int]) -> np.ndarray:
     """Decode an image file after checking its header (size, pixel count), as stored."""
     probe_file(path, MAX_FRAME_PIXELS)
     try:
@@ -232,14 +232,19 @@ def _read(path: Path, what: str, dtype: type, channels: int) -> np.ndarray:
         raise ImageError(f'{path} cannot be read: {exc.strerror or exc}') from None
     image, _ = decode_image(data, MAX_FRAME_PIXELS, str(path))
     got = 1 if image.ndim == 2 else image.shape[2]
-    if image.dtype != dtype or got != channels:
+    if image.dtype != dtype or got not in channels:
         raise ImageError(f'{path} should be a {what} ({np.dtype(dtype)}, '
-                         f'{channels} channel(s)), got {image.dtype} of shape {image.shape}')
+                         f'{" or ".join(map(str, channels))} channel(s)), got {image.dtype} of '
+                         f'shape {image.shape}')
     return image
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(_read(path, '8-bit colour PNG', np.uint8, 3), cv2.COLOR_BGR2RGB)
+    """Read an 8-bit photo as RGB: grey expanded, alpha dropped (as IMREAD_COLOR did)."""
+    image = _read(path, '8-bit colour PNG', np.uint8, (3, 1, 4))
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
 def _check_size(path: Path, image: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -336,12 +341,12 @@ def write_bag(frames: Sequence[CityscapesFrame], out: Path, storage: str = 'mcap
                     writer.write_camera_info(TOPIC_RIGHT_INFO, calibration.right(), stamp,
                                              right_frame)
                 if frame.label_ids is not None:
-                    labels = _read(frame.label_ids, '8-bit labelIds PNG', np.uint8, 1)
+                    labels = _read(frame.label_ids, '8-bit labelIds PNG', np.uint8, (1,))
                     _check_size(frame.label_ids, labels, shape)
                     writer.write_image(TOPIC_GT_LABEL_IDS, labels, 'mono8', stamp, left_frame)
                 if frame.instance_ids is not None:
                     instances = _read(frame.instance_ids, '16-bit instanceIds PNG', np.uint16,
-                                      1)
+                                      (1,))
                     _check_size(frame.instance_ids, instances, shape)
                     writer.write_image(TOPIC_GT_INSTANCE_IDS, instances, 'mono16', stamp,
                                        left_frame)

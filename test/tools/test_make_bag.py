@@ -384,3 +384,21 @@ def test_compressed_images_on_the_compressed_topics(tmp_path, capsys, image_form
                 np.testing.assert_array_equal(got, photo)
             else:  # random noise is JPEG's worst case: only check the colour order is kept
                 assert np.corrcoef(got.ravel(), photo.ravel())[0, 1] > 0.5
+
+
+def test_grey_and_rgba_photos_are_written_as_rgb(tmp_path, capsys):
+    expected = _cityscapes(tmp_path / 'cs')
+    names = sorted(expected)
+    lefts = sorted((tmp_path / 'cs' / 'leftImg8bit').rglob('*.png'), key=lambda p: p.name)
+    grey = expected[names[0]]['left'][..., 0].copy()
+    _write_png(lefts[0], grey)
+    rgba = np.dstack([expected[names[1]]['left'][..., ::-1], np.full((HEIGHT, WIDTH), 9,
+                                                                     np.uint8)])
+    _write_png(lefts[1], rgba)
+    code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train', '--out',
+                     tmp_path / 'bag')
+    assert code == 0, err
+    with BagReader(tmp_path / 'bag') as bag:
+        images = [r.image for r in bag.read_images(TOPIC_LEFT_IMAGE)]
+    np.testing.assert_array_equal(images[0], np.dstack([grey] * 3))
+    np.testing.assert_array_equal(images[1], expected[names[1]]['left'])
