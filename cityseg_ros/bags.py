@@ -1118,21 +1118,26 @@ def _bag_layout(path: Path) -> _Layout:
         raise BagError(f'{path} is not a rosbag2 (not a file or directory); pass a bag '
                        'directory with metadata.yaml or a .mcap/.db3 file')
     info = _metadata(path) or {}
-    mode = str(info.get('compression_mode') or '').lower()
+
+    def text(key: str) -> str:  # str() of a YAML alias bomb would expand it: strings only
+        value = info.get(key)
+        return value if isinstance(value, str) else ''
+
+    mode = text('compression_mode').lower()
     if mode == 'file':
         raise BagError(f'bag {path} is compressed file by file (compression_mode: file), which '
                        'is not read here; decompress its files first (zstd -d, then fix '
                        'metadata.yaml) or convert it with ros2 bag convert')
     compression = ''
     if mode == 'message':
-        compression = str(info.get('compression_format') or '')
+        compression = text('compression_format')
         if compression != 'zstd':
             raise BagError(f'bag {path} compresses messages with {compression!r}; only zstd '
                            'is read')
     files: list[Path] = []
     listed = info.get('relative_file_paths')
     if isinstance(listed, list):
-        files = [path / Path(str(f)).name for f in listed[:_MAX_TOPICS]]
+        files = [path / Path(f).name for f in listed[:_MAX_TOPICS] if isinstance(f, str)]
         files = [f for f in files if f.is_file()]
     if not files:
         files = sorted(p for p in path.iterdir() if p.suffix in ('.mcap', '.db3')

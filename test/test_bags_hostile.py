@@ -220,3 +220,16 @@ def test_more_channels_than_any_bag_has_are_refused(tmp_path):
     path = write_mcap(tmp_path / 'many.mcap', mcap_message(), topics=topics, footer=False)
     with pytest.raises(BagError, match='more than 10000'):
         BagReader(path).open()
+
+
+def test_yaml_alias_bomb_in_metadata_is_not_expanded(tmp_path):
+    _sqlite_bag(tmp_path / 'bag')
+    meta = tmp_path / 'bag' / 'metadata.yaml'
+    lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x, x]']
+    lines += [f'a{i}: &a{i} [' + ', '.join([f'*a{i - 1}'] * 10) + ']' for i in range(1, 9)]
+    lines += ['rosbag2_bagfile_information:', '  compression_mode: *a8',
+              '  compression_format: *a8', '  relative_file_paths: [*a8]']
+    meta.write_text('\n'.join(lines) + '\n')  # 10**9 strings if expanded
+    report = read_in_child(tmp_path / 'bag')
+    assert report['error'] is None and report['images'] == 3, report
+    assert report['peak_rss'] < PEAK_RSS_LIMIT
