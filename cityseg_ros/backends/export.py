@@ -1,0 +1,229 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Zoo network -> ONNX graph: input ``image`` N,3,H,W float32 (normalised), output ``logits``.
+
+torch's dynamo exporter (``torch.onnx.export(dynamo=True)``, onnxscript) is the one that works
+for every zoo model: the legacy TorchScript exporter fails on ``adaptive_avg_pool2d`` with sizes
+that do not divide (ESPNetv2's pyramid, UPerNet's PPM). InternImage's DCNv3 is exported through
+its ``grid_sample`` core (ONNX GridSample, opset >= 16); the default ``gather`` core uses
+``embedding_bag``, which becomes an ONNX Loop that runtimes reject. The graph computes
+``model(x)``: the main logits at the model's output stride, before any upsampling.
+"""
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+import shutil
+import tempfile
+import time
+from typing import Callable, Mapping, Optional, Sequence
+import warnings
+
+from cityseg_ros.backends import require
+from cityseg_ros.errors import ConfigError
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ['compare_with_onnxruntime', 'export_onnx', 'exportable', 'INPUT_NAME', 'MIN_OPSET',
+           'OPSET', 'OUTPUT_NAME', 'prepare_network']
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = 'image'
+OUTPUT_NAME = 'logits'
+#: Default ONNX opset: 18 is what torch's dynamo exporter targets natively (no conversion).
+OPSET = 18
+MIN_OPSET = 17
+#: The DCNv3 core that exports (ONNX GridSample).
+EXPORT_DCN_CORE = 'grid_sample'
+#: Largest batch a dynamic-batch graph is traced for (torch.export needs a bound).
+MAX_BATCH = 256
+#: Above this many bytes of weights, they go to ``F.onnx.data`` beside the graph (protobuf
+#: cannot hold 2 GiB; InternImage-XL has 1.5 GB of weights).
+EXTERNAL_DATA_BYTES = 1 << 30
+#: Bumped when the exported graph changes for the same network (cache keys include it).
+EXPORT_VERSION = 1
+
+
+def prepare_network(name: str, weights: Optional[str]) -> nn.Module:
+    """Build a zoo model on the CPU, load ``weights`` (path, 'auto' or None) and fold BatchNorm.
+
+    The same preparation as the engine's, so an exported file and a backend's graph agree.
+    """
+    from cityseg_ros.checkpoints import load_checkpoint, resolve_weights
+    from cityseg_ros.models.zoo import build_model, get_spec
+
+    spec = get_spec(name)
+    path = resolve_weights(spec, weights)
+    net = build_model(spec.name, spec.weights_for(str(path) if path else None))
+    if path is None:
+        logger.warning('%s: exporting RANDOM (untrained) weights', spec.name)
+    else:
+        load_checkpoint(net, path)
+    if hasattr(net, 'fuse_bn'):
+        net.fuse_bn()
+    return net.eval()
+
+
+@contextlib.contextmanager
+def exportable(net: nn.Module):
+    """Switch every DCNv3 of ``net`` to the exportable core for the duration; then restore."""
+    from cityseg_ros.models.dcnv3 import DCNv3
+
+    saved = [(m, m.core) for m in net.modules() if isinstance(m, DCNv3)]
+    try:
+        for module, _ in saved:
+            module.core = EXPORT_DCN_CORE
+        yield net
+    finally:
+        for module, core in saved:
+            module.core = core
+
+
+def _weight_bytes(net: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
+
+
+def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int = 1,
+                dynamic_batch: bool = False, opset: int = OPSET,
+                metadata: Optional[Mapping[str, str]] = None, optimize: bool = True,
+                progress: Optional[Callable[[str], None]] = None) -> Path:
+    """Export ``net`` (eval mode, on the CPU) to ``out``; the file appears complete or not at all.
+
+    Args:
+        net: a zoo network, ``model(x) -> N,C,H/s,W/s`` logits.
+        out: the ``.onnx`` path; weights over 1 GiB go to ``<out>.data`` beside it.
+        input_size: (H, W) of the input.
+        batch: the fixed batch size (ignored with ``dynamic_batch``).
+        dynamic_batch: make the batch dimension symbolic (``batch``, 1..256).
+        opset: ONNX opset, >= 17.
+        metadata: extra ``metadata_props`` for the graph (model name, normalisation, ...).
+        optimize: fold constants and drop what is left unused (:func:`_optimize`).
+        progress: gets a line when the export starts.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConfigError: the onnx extra is missing, bad arguments, or the exporter failed.
+    """
+    require('onnx', 'onnx', 'exporting to ONNX')
+    require('onnxscript', 'onnx', "exporting to ONNX (torch's dynamo exporter)")
+    if opset < MIN_OPSET:
+        raise ConfigError(f'opset {opset} is too old: use {MIN_OPSET} or newer (default {OPSET})')
+    if batch < 1:
+        raise ConfigError(f'batch {batch} must be >= 1')
+    h, w = (int(v) for v in input_size)
+    if next(net.parameters()).device.type != 'cpu':
+        raise ConfigError('export_onnx needs the network on the CPU')
+    out = Path(out)
+    name = getattr(net, 'zoo_name', type(net).__name__)
+    say = progress or logger.info
+    # torch.export specialises a dimension whose example size is 1: trace a dynamic batch at 2.
+    example = torch.zeros((2 if dynamic_batch else batch, 3, h, w))
+    dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=MAX_BATCH)},) if dynamic_batch \
+        else None
+    say(f'exporting {name} {h}x{w} ({"dynamic batch" if dynamic_batch else f"batch {batch}"}) '
+        'to ONNX; this takes seconds to minutes')
+    start = time.perf_counter()
+    chatter = io.StringIO()  # the exporter prints its steps: keep them out of a node's stdout
+    try:
+        with exportable(net), contextlib.redirect_stdout(chatter), _quiet_exporter():
+            program = torch.onnx.export(
+                net, (example,), dynamo=True, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic_shapes,
+                optimize=False, verbose=False)
+            if optimize:
+                _optimize(program.model)
+    except Exception as exc:  # noqa: B902 -- the exporter raises many kinds; one line
+        logger.debug('exporter output:\n%s', chatter.getvalue(), exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f'exporting {name} at {h}x{w} to ONNX failed: {first}') from None
+    logger.debug('exporter output:\n%s', chatter.getvalue())
+    props = {'cityseg_ros.input': f'{INPUT_NAME}: N,3,{h},{w} float32, normalised',
+             'cityseg_ros.output': f'{OUTPUT_NAME}: model(x), N,C,H/s,W/s raw logits'}
+    props.update(metadata or {})
+    program.model.metadata_props.update({k: str(v) for k, v in props.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    external = _weight_bytes(net) > EXTERNAL_DATA_BYTES
+    # Saved into a temporary directory beside ``out`` under the final name (the graph refers
+    # to its .data file by name), then moved into place: no half-written file at ``out``.
+    tmp = Path(tempfile.mkdtemp(prefix='.export-', dir=out.parent))
+    try:
+        program.save(tmp / out.name, external_data=external)
+        data = tmp / (out.name + '.data')
+        if data.exists():
+            shutil.move(str(data), str(out.parent / data.name))
+        shutil.move(str(tmp / out.name), str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info('exported %s to %s in %.1f s', name, out, time.perf_counter() - start)
+    return out
+
+
+def _optimize(model) -> None:
+    """Fold constants and clean up: onnxscript's optimiser without its pattern rewriter.
+
+    The rewriter (``optimize=True`` of the exporter) is quadratic in the graph's size: 4.7 min
+    for UperNet + InternImage-L on 2 cores, against 1.2 s for these passes, which already cut
+    the graph from 8103 to 2551 nodes (shape arithmetic, CastLike); the runtimes fuse the rest.
+    """
+    import onnx_ir as ir
+    from onnx_ir.passes import common
+    from onnxscript import optimizer
+
+    optimizer.fold_constants(model)
+    ir.passes.Sequential(
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
+        common.RemoveUnusedNodesPass())(model)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's notes: registry warnings, onnx_ir's per-initializer INFO lines."""
+    levels = {'torch.onnx._internal.exporter._registration': logging.ERROR,
+              'onnx_ir': logging.WARNING, 'onnxscript': logging.WARNING}
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)  # torch's own pytree deprecations
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def compare_with_onnxruntime(net: nn.Module, path: Path, x: torch.Tensor) -> tuple:
+    """Run the graph with ONNX Runtime (CPU) and ``net`` on ``x``.
+
+    Returns:
+        (max |onnx - torch|, that divided by max(1, max |torch|)): the golden fixtures' measure
+        (shared/reference/GOLDEN.md, section 5).
+    """
+    ort = require('onnxruntime', 'onnx', 'checking an exported graph')
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    with torch.no_grad():
+        expected = net(x).float().numpy()
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    if got.shape != expected.shape:
+        raise ConfigError(f'the graph gives logits {got.shape}, torch {expected.shape}')
+    diff = float(np.abs(got - expected).max())
+    return diff, diff / max(1.0, float(np.abs(expected).max()))
