@@ -24,11 +24,19 @@ instanceIds, for iIoU) is matched to it by header stamp; the official scores are
 Every stream (images or predictions, GT labels, GT instances) is read by its own
 :class:`~cityseg_ros.bags.BagReader`, the streams are merged by stamp and matched with the
 :class:`~cityseg_ros.pairing.StampPairer` the node uses. Reading them apart, rather than with
-``read_frames``, is what lets frames without GT be *listed* (stamp and reason) instead of
-silently dropped, and lets predictions be matched to GT without a camera image.
+``read_frames``, is what lets every frame that is not scored be *listed* (stamp and reason:
+a missing or duplicate part, a part lost to damage) instead of silently dropped, and lets
+predictions be matched to GT without a camera image. Messages stay undecoded until their frame
+is scored, so a shard decodes only its own frames. Image topics may hold Image or
+CompressedImage messages.
+
+Label spaces: predictions may carry labelIds, category ids or a label map's ids
+(:meth:`EvalOptions.class_groups`); the counts stay per trainId and the space's classes are
+scored as groups of trainIds (:class:`~cityseg_ros.metrics.ClassGroups`).
 
 Damaged bags: whatever was scored before a :class:`~cityseg_ros.errors.BagError` stays in
-:attr:`BagEvaluator.evaluation`, marked ``partial``, so a caller can still write it.
+:attr:`BagEvaluator.evaluation`, marked ``partial``, so a caller can still write it; a stream
+that fails ends alone, so the frames whose parts all precede the damage are still scored.
 """
 
 import bisect
@@ -100,13 +108,15 @@ class EvalOptions:
     """What to read from the bag and which part of it to evaluate.
 
     Attributes:
-        left_topic: camera images to segment (any encoding the node accepts).
+        left_topic: camera images to segment (any encoding the node accepts, or JPEG/PNG
+            CompressedImage); when the bag lacks it, ``<left_topic>/compressed`` is read.
         gt_topic: mono8 Cityscapes labelIds.
         instance_topic: mono16 Cityscapes instanceIds (for iIoU), or None for none.
         require_instances: a missing ``instance_topic`` is an error; when False it is logged
             and iIoU is left undefined.
-        predictions_topic: score the mono8 trainId images of this topic (e.g. the node's
-            ``left/semantic/labels`` recorded in the bag) instead of running a model.
+        predictions_topic: score the mono8 label images of this topic (e.g. the node's
+            ``left/semantic/labels``, or ``.../labels/compressed`` as PNG) instead of running
+            a model; their ids are those of ``label_space``.
         limit: evaluate only the first ``limit`` complete frames of the bag (counted before
             sharding, so the shards of a limited run merge into the limited run).
         shard: ``(i, n)``: evaluate complete frames k with ``k % n == i`` (k counts the frames
