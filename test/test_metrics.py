@@ -417,3 +417,69 @@ def test_empty_counts_score_nan():
     scores = Scores.from_counts(Counts())
     assert math.isnan(scores.miou) and math.isnan(scores.pixel_accuracy)
     assert scores.frames == 0
+
+
+def _random_counts(seed=0, frames=4):
+    rng = np.random.default_rng(seed)
+    counts = Counts()
+    for index in range(frames):
+        gt = rng.integers(0, 34, (32, 64)).astype(np.uint8)
+        pred = ID_TO_TRAINID[gt].copy()
+        noise = rng.random(pred.shape) < 0.3
+        pred[noise] = rng.integers(0, 20, int(noise.sum()))
+        pred[rng.random(pred.shape) < 0.05] = 255
+        counts.add(gt, pred, np.where(gt >= 24, gt.astype(np.int32) * 1000 + index, gt))
+    return counts
+
+
+def test_category_groups_give_exactly_the_official_category_scores():
+    from cityseg_ros.label_spaces import get_label_space
+    from cityseg_ros.metrics import ClassGroups
+
+    counts = _random_counts()
+    space = get_label_space('category')
+    groups = ClassGroups.from_lut('category', 'category', space.lut, space.ignore_id,
+                                  space.names)
+    iou, accuracy = groups.class_iou(counts)
+    official = Scores.from_counts(counts)
+    assert iou.tolist() == list(official.category_iou.values())
+    assert groups.names == tuple(official.category_iou)
+    assert 0 < accuracy <= 1
+    trainid = ClassGroups.trainid()
+    assert trainid.official and not groups.official
+    assert trainid.class_iou(counts)[0].tolist() == list(official.class_iou.values())
+    assert ClassGroups.from_dict(groups.to_dict()) == groups
+
+
+@pytest.mark.parametrize('data', [
+    [], {'name': 'x'}, {'name': 'x', 'kind': 'category', 'ids': [1], 'names': ['a'],
+                        'groups': [0] * 18},
+    {'name': 'x', 'kind': 'other', 'ids': [1], 'names': ['a'], 'groups': [0] * 19},
+    {'name': 'x', 'kind': 'label_map', 'ids': [2, 1], 'names': ['a', 'b'],
+     'groups': [0] * 19},
+    {'name': 'x', 'kind': 'label_map', 'ids': [1], 'names': ['a'], 'groups': [1] * 19},
+    {'name': 'x', 'kind': 'label_map', 'ids': [True], 'names': ['a'], 'groups': [0] * 19},
+])
+def test_class_groups_refuse_what_to_dict_never_writes(data):
+    from cityseg_ros.metrics import ClassGroups
+
+    with pytest.raises(ValueError):
+        ClassGroups.from_dict(data)
+
+
+def test_merge_refuses_counts_that_would_overflow():
+    big = _random_counts()
+    big.confusion[0, 0] = 2**53
+    with pytest.raises(CitysegError, match='would exceed'):
+        big.copy().merge(big)
+
+
+def test_saved_counts_load_back_exactly_and_are_checked(tmp_path):
+    counts = _random_counts()
+    counts.save(tmp_path / 'c.npz')
+    loaded = Counts.load(tmp_path / 'c.npz')
+    for name in Counts._ARRAYS:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(counts, name))
+    counts.confusion[1, 1] = -1
+    with pytest.raises(CitysegError, match='impossible counts'):
+        counts.check()
