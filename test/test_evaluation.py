@@ -532,3 +532,34 @@ def test_bad_label_space_options_raise_config_error(tmp_path):
     (tmp_path / 'map.yaml').write_text('classes: 5\n')
     with pytest.raises(ConfigError, match='map.yaml'):
         BagEvaluator(tmp_path / 'bag', EvalOptions(label_map=str(tmp_path / 'map.yaml')))
+
+
+class _StubSegmenter:
+    """Stands in for a Segmenter: 'predicts' the trainIds it was given for each image."""
+
+    def __init__(self, labels):
+        from types import SimpleNamespace
+        self._labels = list(labels)
+        self.spec = SimpleNamespace(name='stub')
+        self.weights_path, self.device, self.precision, self.tta = None, 'cpu', 'fp32', 'none'
+        self.input_size = (32, 64)
+
+    def predict(self, images):
+        from types import SimpleNamespace
+        return [SimpleNamespace(labels=self._labels.pop(0)) for _ in images]
+
+
+@pytest.mark.parametrize('space', ['labelid', 'category'])
+def test_a_models_trainids_are_scored_in_the_label_space(tmp_path, space):
+    from cityseg_ros.label_spaces import get_label_space
+
+    data = _with_void(frames(3))
+    write_bag(tmp_path / 'bag', data)
+    topic = _write_space_bag(tmp_path / 'space', data, get_label_space(space).map)
+    model = BagEvaluator(tmp_path / 'bag', EvalOptions(label_space=space)).run(
+        _StubSegmenter(f['pred'] for f in data))
+    recorded = evaluate(tmp_path / 'space', predictions_topic=topic, label_space=space)
+    mine, theirs = model.to_dict(), recorded.to_dict()
+    for key in ('miou', 'class_iou', 'category_iou', 'iiou_category', 'confusion'):
+        assert mine[key] == theirs[key], key
+    assert model.model.name == 'stub'
