@@ -637,7 +637,7 @@ class _McapFile:
         self.chunk_channels: dict[int, frozenset[int]] = {}
         try:
             self._read_summary()
-        except _Damage as exc:
+        except (_Damage, OSError, struct.error) as exc:
             _LOG.debug('%s: summary not used (%s); scanning the data', path, exc)
             self.schemas.clear()
             self.channels.clear()
@@ -860,6 +860,13 @@ class _McapSource:
 
     @staticmethod
     def _open(path: Path) -> _McapFile:
+        try:
+            return _McapSource._scanned(path)
+        except OSError as exc:
+            raise _Damage(f'cannot read {path}: {exc.strerror or exc}') from exc
+
+    @staticmethod
+    def _scanned(path: Path) -> _McapFile:
         mcap = _McapFile(path)
         if mcap.indexed:
             return mcap
@@ -879,10 +886,13 @@ class _McapSource:
 
     def messages(self, topics: Sequence[str]) -> Iterator[_Message]:
         for mcap in self._files:
-            for channel_id, timestamp, raw in mcap.scan(topics, with_data=True,
-                                                        message_compression=self._compression):
-                topic, msgtype = mcap.channels[channel_id]
-                yield topic, msgtype, timestamp, raw
+            try:
+                for channel_id, timestamp, raw in mcap.scan(
+                        topics, with_data=True, message_compression=self._compression):
+                    topic, msgtype = mcap.channels[channel_id]
+                    yield topic, msgtype, timestamp, raw
+            except OSError as exc:  # an I/O error mid-file: damage as far as we can tell
+                raise _Damage(f'{mcap.path.name}: {exc.strerror or exc}') from exc
         if self._failed:
             raise _Damage(self._failed)
 

@@ -233,3 +233,17 @@ def test_yaml_alias_bomb_in_metadata_is_not_expanded(tmp_path):
     report = read_in_child(tmp_path / 'bag')
     assert report['error'] is None and report['images'] == 3, report
     assert report['peak_rss'] < PEAK_RSS_LIMIT
+
+
+def test_an_io_error_while_reading_is_a_bag_error(tmp_path, monkeypatch):
+    import cityseg_ros.bags as bags
+
+    path = write_mcap(tmp_path / 'ok.mcap', mcap_message())
+
+    def failing_read(*args, **kwargs):
+        raise OSError(5, 'Input/output error')
+
+    with BagReader(path) as bag:
+        monkeypatch.setattr(bags._McapFile, '_read_record', failing_read)
+        with pytest.raises(BagError, match='Input/output error'):
+            list(bag.read_images(TOPIC))
