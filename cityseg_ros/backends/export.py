@@ -134,7 +134,8 @@ def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int
     name = getattr(net, 'zoo_name', type(net).__name__)
     say = progress or logger.info
     # torch.export specialises a dimension whose example size is 1: trace a dynamic batch at 2.
-    example = torch.zeros((2 if dynamic_batch else batch, 3, h, w))
+    with torch.inference_mode(False):
+        example = torch.zeros((2 if dynamic_batch else batch, 3, h, w))
     dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=MAX_BATCH)},) if dynamic_batch \
         else None
     say(f'exporting {name} {h}x{w} ({"dynamic batch" if dynamic_batch else f"batch {batch}"}) '
@@ -142,7 +143,10 @@ def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int
     start = time.perf_counter()
     chatter = io.StringIO()  # the exporter prints its steps: keep them out of a node's stdout
     try:
-        with exportable(net), contextlib.redirect_stdout(chatter), _quiet_exporter():
+        # Traced as in training code: the engine calls this under inference_mode, where
+        # modules may take inference-only shortcuts (oneDNN calls) that cannot be traced.
+        with exportable(net), contextlib.redirect_stdout(chatter), _quiet_exporter(), \
+                torch.inference_mode(False), torch.enable_grad():
             program = torch.onnx.export(
                 net, (example,), dynamo=True, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic_shapes,
