@@ -21,7 +21,8 @@ import pytest
 
 # Before any rclpy.init: DDS traffic never leaves the host, on a test-only domain.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ['ROS_LOCALHOST_ONLY'] = '1'
+# ROS_LOCALHOST_ONLY is deprecated on Jazzy (rcl warns); a stale one from the shell goes too.
+os.environ.pop('ROS_LOCALHOST_ONLY', None)
 os.environ.setdefault('ROS_DOMAIN_ID', '87')
 os.environ.setdefault('AMENT_PREFIX_PATH', os.environ.get('VIRTUAL_ENV', ''))
 

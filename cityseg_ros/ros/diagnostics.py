@@ -17,9 +17,12 @@
 DESIGN.md: "/diagnostics never says OK while input arrives and nothing comes out". The node
 hands cumulative counters to a :class:`CounterWindow` at every report; :func:`assess` compares
 what came in with what went out over the last few seconds and, when nothing went out, says why
-in the order a user would look: a camera that sends nothing, inputs all rejected, no partner
-within the tolerance, loss in transport, the rate limit, nobody subscribing, the model failing
-or still busy. Pure functions and plain data, so every rule is tested without spinning.
+in the order a user would look: a camera that sends nothing (with ``sync: exact`` it stalls
+every group; with ``sync: none`` the others flow and it is named as a warning), inputs all
+rejected, no partner within the tolerance, loss in transport, the rate limit, nobody
+subscribing, the model failing or still busy. Per camera it reports input and output rates and
+drops, so a starving camera shows. Pure functions and plain data, so every rule is tested
+without spinning.
 """
 
 from collections import deque
@@ -28,7 +31,8 @@ import threading
 from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['CounterWindow', 'Facts', 'assess', 'OK', 'WARN', 'ERROR', 'WINDOW_S',
-           'counter_values', 'describe_clock_jump', 'REJECT_KINDS']
+           'counter_values', 'camera_values', 'describe_clock_jump', 'REJECT_KINDS',
+           'LARGE_IMAGE_HINT']
 
 # diagnostic_msgs/DiagnosticStatus levels (bytes there; ints here, no message import).
 OK, WARN, ERROR = 0, 1, 2
@@ -37,8 +41,14 @@ WINDOW_S = 3.0
 #: Longest window, seconds (a model that needs longer per pair is reported as busy).
 MAX_WINDOW_S = 60.0
 #: Reasons an input is refused; each is a ``rejected_<kind>`` counter and diagnostics key.
-REJECT_KINDS = ('bad_image', 'size_mismatch', 'too_small', 'too_large', 'bad_stamp',
+REJECT_KINDS = ('bad_image', 'bad_format', 'too_small', 'too_large', 'bad_stamp',
                 'camera_info')
+#: What helps best-effort large images. Fast DDS's LARGE_DATA alone lost 12 of 12 2-megapixel
+#: frames between processes here; the repo's profile (a 64 MB shared-memory segment) none.
+LARGE_IMAGE_HINT = ('make the camera publish reliable (input_reliability auto follows it), give '
+                    "the camera's and the node's process the Fast DDS large-image profile "
+                    '(FASTRTPS_DEFAULT_PROFILES_FILE=config/fastdds_large_images.xml, as '
+                    'scripts/env.sh sets), or send compressed images')
 # Diagnostics key -> node counter, for the plain counts.
 _COUNTER_KEYS = (
     ('rate_limited_pairs', 'rate_limited'), ('rejected_messages', 'rejected'),
@@ -49,7 +59,8 @@ _COUNTER_KEYS = (
     ('frame_id_changes', 'frame_id_changes'), ('time_jumps_back', 'time_jumps_back'),
     ('time_jumps_forward', 'time_jumps_forward'), ('clock_jumps', 'clock_jumps'),
     ('latency_excluded', 'latency_excluded'), ('points_skipped', 'points_skipped'),
-    ('points_failed', 'points_failed'), ('internal_errors', 'internal_errors'),
+    ('points_failed', 'points_failed'), ('camera_info_missing', 'camera_info_missing'),
+    ('internal_errors', 'internal_errors'),
 )
 
 
@@ -92,10 +103,10 @@ class CounterWindow:
 class Facts:
     """What :func:`assess` judges; ``delta`` holds counter increases over ``window_s``.
 
-    Counter keys: ``C_images`` and ``C_lost`` per input camera ``C``, ``pairs``, ``unpaired``,
-    ``rejected``, ``rate_limited``, ``submitted``, ``published_pairs``, ``failed``,
-    ``skipped_no_subscribers``, ``incompatible_qos``, ``dds_lost_samples``, ``time_jumps``,
-    ``points_failed``, ``points_skipped``.
+    Counter keys: ``C_images``, ``C_lost`` and ``C_segmented`` per input camera ``C``,
+    ``pairs``, ``unpaired``, ``rejected``, ``rate_limited``, ``submitted``, ``published_pairs``,
+    ``failed``, ``skipped_no_subscribers``, ``incompatible_qos``, ``dds_lost_samples``,
+    ``time_jumps``, ``points_failed``, ``points_skipped``.
     """
 
     state: str
@@ -113,12 +124,39 @@ class Facts:
     last_error: str = ''
     last_reject: str = ''
     last_jump: str = ''
+    sync: str = 'exact'
+    transport: str = 'raw'
 
 
 def counter_values(counts: Mapping[str, int]) -> Dict[str, str]:
     """Return the diagnostics values that are plain node counters (missing ones are 0)."""
     values = {key: str(counts.get(counter, 0)) for key, counter in _COUNTER_KEYS}
     values['lost_images'] = str(sum(v for k, v in counts.items() if k.endswith('_lost')))
+    return values
+
+
+def camera_values(cameras: Sequence[str], counts: Mapping[str, int], delta: Mapping[str, int],
+                  window_s: float, group_drops: int = 0) -> Dict[str, str]:
+    """Return the per-camera values: input and output rates, drops, frames without partner.
+
+    Keys per camera ``C``: ``C/input_hz``, ``C/output_hz`` (frames segmented and published),
+    ``C/dropped`` and ``C/unpaired`` (cumulative).
+
+    ``C/dropped`` counts frames that arrived but were replaced by a newer one before their
+    turn: in the decode stage (``C_decode_dropped``), while waiting for the batch (sync none,
+    ``C_dropped``) or as part of a dropped or rate-limited group (sync exact, ``group_drops``,
+    the same for every camera).
+    """
+    values = {}
+    for cam in cameras:
+        dropped = (counts.get(f'{cam}_decode_dropped', 0) + counts.get(f'{cam}_dropped', 0)
+                   + group_drops)
+        values.update({
+            f'{cam}/input_hz': f'{delta.get(f"{cam}_images", 0) / window_s:.2f}',
+            f'{cam}/output_hz': f'{delta.get(f"{cam}_segmented", 0) / window_s:.2f}',
+            f'{cam}/dropped': str(dropped),
+            f'{cam}/unpaired': str(counts.get(f'{cam}_unpaired', 0)),
+        })
     return values
 
 
@@ -175,16 +213,14 @@ def assess(facts: Facts) -> Tuple[int, str]:
     return OK, rate
 
 
-def _topic(cam: str) -> str:
-    return f'{cam}/image_rect_color'
+def _topic(cam: str, transport: str = 'raw') -> str:
+    return f'{cam}/image_rect_color' + ('/compressed' if transport == 'compressed' else '')
 
 
 def _loss_hint(facts: Facts, cams: Sequence[str]) -> str:
     best_effort = [c for c in cams if facts.reliability.get(c) == 'best_effort']
     if best_effort:
-        return ('best_effort input loses large images in transport: make the camera publish '
-                'reliable (input_reliability auto then follows) or use '
-                'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both sides')
+        return f'best_effort input loses large images in transport: {LARGE_IMAGE_HINT}'
     return ('the input queue overflows while the node is busy, or the transport drops '
             'frames: raise input_depth or lower the camera rate')
 
@@ -196,11 +232,11 @@ def _no_input(facts: Facts) -> Tuple[int, str]:
                       'log line); set input_reliability:=auto')
     silent = [c for c in facts.cameras if facts.publishers.get(c, 0) > 0]
     if silent:
-        topics = ', '.join(_topic(c) for c in silent)
+        topics = ', '.join(_topic(c, facts.transport) for c in silent)
         return WARN, (f'no images arrive in {facts.window_s:.0f} s although {topics} '
                       f'{"has" if len(silent) == 1 else "have"} publishers: '
                       f'{_loss_hint(facts, silent)}')
-    topics = ', '.join(_topic(c) for c in facts.cameras)
+    topics = ', '.join(_topic(c, facts.transport) for c in facts.cameras)
     if facts.images_ever:
         return WARN, f'images stopped: nothing on {topics} for {facts.window_s:.0f} s'
     return OK, f'waiting for images on {topics}'
@@ -209,16 +245,21 @@ def _no_input(facts: Facts) -> Tuple[int, str]:
 def _why_nothing(facts: Facts, images: Mapping[str, int], lost: int) -> str:
     d = facts.delta
     silent = [c for c, n in images.items() if n == 0]
-    if silent:
+    if silent and facts.sync == 'exact':
         sending = ', '.join(f'{n} {c}' for c, n in images.items() if n)
-        why = (f'no {" or ".join(silent)} images arrive ({sending}), so no pair can form '
-               f'(no partner)')
+        group = 'pair' if len(images) == 2 else 'stamp group'
+        why = (f'no {" or ".join(silent)} images arrive ({sending}), so no {group} can form '
+               f'(no partner; sync exact waits for every camera, sync:=none segments the '
+               f'others)')
         if lost or any(facts.publishers.get(c, 0) for c in silent):
             why += f'; {_loss_hint(facts, silent)}'
         return why
     pairs, rejected = d.get('pairs', 0), d.get('rejected', 0)
     if rejected and not pairs:
         return f'every pair is rejected ({rejected} inputs), latest: {facts.last_reject}'
+    if not pairs and facts.sync == 'none':
+        return (f'none of {sum(images.values())} images reached the model yet (decoding, or '
+                f'lost before the node: {lost})')
     if not pairs:  # every camera sends, nothing pairs
         gap = ('' if facts.stamp_gap_ms is None else
                f'; the latest stamps differ by {facts.stamp_gap_ms:.1f} ms')
@@ -246,6 +287,10 @@ def _degraded(facts: Facts, lost: int) -> List[str]:
     """Problems worth a WARN although output flows."""
     d = facts.delta
     notes = []
+    silent = [c for c in facts.cameras if not d.get(f'{c}_images', 0)]
+    if silent:  # sync none: the others flow
+        notes.append(f'no images from {", ".join(silent)} for {facts.window_s:.0f} s (the '
+                     'other cameras are segmented)')
     if d.get('failed', 0):
         notes.append(f'{d["failed"]} frame(s) failed, latest: {facts.last_error}')
     if d.get('rejected', 0):

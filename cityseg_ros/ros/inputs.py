@@ -14,7 +14,9 @@
 
 """The node's input subscriptions: QoS that matches the publishers, and loss that is counted.
 
-Per camera ``C`` of ``cameras`` it subscribes to ``C/image_rect_color`` and ``C/camera_info``.
+Per camera ``C`` of ``cameras`` it subscribes to ``C/image_rect_color`` (``input_transport: raw``)
+or ``C/image_rect_color/compressed`` (``compressed``: sensor_msgs/CompressedImage, the topic
+image_transport's compressed plugin publishes) and ``C/camera_info``.
 With ``input_reliability: auto`` each topic gets the reliability :func:`choose_reliability`
 picks from its publishers, looked at again every :data:`RECHECK_S` on a steady clock (publishers
 come, go and change); when the choice changes, the subscription is made again and one log line
@@ -32,13 +34,14 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from cityseg_ros.ros.diagnostics import LARGE_IMAGE_HINT
 from cityseg_ros.ros.qos import choose_reliability, input_qos, subscription_event_callbacks
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-__all__ = ['InputSubscriptions', 'SequenceGaps', 'RECHECK_S']
+__all__ = ['InputSubscriptions', 'SequenceGaps', 'RECHECK_S', 'image_topic']
 
 #: Seconds between two looks at the publishers (rosbag2 polls topics every 0.1 s; QoS changes
 #: are rarer than new topics).
@@ -50,6 +53,11 @@ _TICK_S = 0.25
 THROTTLE_S = 5.0
 
 Count = Callable[[str, int], None]
+
+
+def image_topic(camera: str, transport: str = 'raw') -> str:
+    """Return the relative image topic of ``camera`` for ``input_transport``."""
+    return f'{camera}/image_rect_color' + ('/compressed' if transport == 'compressed' else '')
 
 
 class SequenceGaps:
@@ -85,10 +93,12 @@ class SequenceGaps:
 class _Topic:
     """One input topic: its subscription and the QoS it was made with."""
 
-    def __init__(self, camera: str, name: str, msg_type: Any, callback: Callable) -> None:
+    def __init__(self, camera: str, name: str, msg_type: Any, callback: Callable,
+                 is_image: bool) -> None:
         self.camera = camera
         self.name = name  # relative, e.g. 'left/image_rect_color'
         self.msg_type = msg_type
+        self.is_image = is_image
         self.callback = callback
         self.subscription: Optional[Any] = None
         self.reliability = ''
@@ -105,10 +115,12 @@ class InputSubscriptions:
         cameras: camera namespaces to subscribe (``NodeParams.input_cameras``).
         reliability: 'auto', 'reliable' or 'best_effort' (``input_reliability``).
         depth: history depth (``input_depth``).
-        on_image: called as ``on_image(camera, msg)`` on an executor thread.
+        on_image: called as ``on_image(camera, msg)`` on an executor thread (an Image, or a
+            CompressedImage with ``transport`` 'compressed').
         on_camera_info: called as ``on_camera_info(camera, msg)``.
         count: ``count(key, n)`` adds to a diagnostics counter (incompatible_qos,
             ``C_lost``, dds_lost_samples, qos_changes).
+        transport: 'raw' or 'compressed' (``input_transport``).
 
     Each camera's callbacks share one mutually exclusive group: cameras are decoded in
     parallel, but one camera's frames reach the pairer and the sequence check in order.
@@ -116,8 +128,10 @@ class InputSubscriptions:
 
     def __init__(self, node: Node, cameras: Sequence[str], reliability: str, depth: int,
                  on_image: Callable[[str, Image], None],
-                 on_camera_info: Callable[[str, CameraInfo], None], count: Count) -> None:
+                 on_camera_info: Callable[[str, CameraInfo], None], count: Count,
+                 transport: str = 'raw') -> None:
         self._node = node
+        self._transport = transport
         self._auto = reliability == 'auto'
         self._fixed = None if self._auto else reliability
         self._depth = depth
@@ -130,11 +144,12 @@ class InputSubscriptions:
         self._due = threading.Event()
         self._last_look = 0.0
         self._topics: List[_Topic] = []
+        image_type = CompressedImage if transport == 'compressed' else Image
         for camera in cameras:
-            self._topics.append(_Topic(camera, f'{camera}/image_rect_color', Image,
-                                       functools.partial(self._image, camera)))
+            self._topics.append(_Topic(camera, image_topic(camera, transport), image_type,
+                                       functools.partial(self._image, camera), True))
             self._topics.append(_Topic(camera, f'{camera}/camera_info', CameraInfo,
-                                       functools.partial(on_camera_info, camera)))
+                                       functools.partial(on_camera_info, camera), False))
         self._by_full = {node.resolve_topic_name(t.name): t for t in self._topics}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -169,19 +184,18 @@ class InputSubscriptions:
 
     def publishers(self, camera: str) -> int:
         """Return how many publishers ``camera``'s image topic had at the last look."""
-        return next((t.publishers for t in self._topics
-                     if t.camera == camera and t.msg_type is Image), 0)
+        return next((t.publishers for t in self._topics if t.camera == camera and t.is_image), 0)
 
     def reliability(self, camera: str) -> str:
         """Return the reliability of ``camera``'s image subscription ('' when none)."""
-        return next((t.reliability for t in self._topics
-                     if t.camera == camera and t.msg_type is Image), '')
+        return next((t.reliability for t in self._topics if t.camera == camera and t.is_image),
+                    '')
 
     def summary(self) -> str:
         """One line: the QoS of each image subscription and why, for logs and diagnostics."""
         parts = []
         for topic in self._topics:
-            if topic.msg_type is Image and topic.subscription is not None:
+            if topic.is_image and topic.subscription is not None:
                 why = f' ({topic.reason})' if self._auto else ''
                 parts.append(f'{topic.name} {topic.reliability}{why}')
         return '; '.join(parts)
@@ -235,7 +249,7 @@ class InputSubscriptions:
                     topic.msg_type, topic.name, topic.callback, qos,
                     callback_group=self._groups[topic.camera], event_callbacks=events)
                 topic.reliability, topic.reason, topic.settled = wanted, reason, settled
-                if self._auto and topic.msg_type is Image:
+                if self._auto and topic.is_image:
                     changed.append(f'{full}: {wanted} ({reason})')
         for line in changed:
             self._node.get_logger().info(f'input_reliability auto: {line}')
@@ -258,12 +272,10 @@ class InputSubscriptions:
 
     def _warn_lost(self, camera: str, what: str) -> None:
         reliability = self.reliability(camera)
-        why = ('best_effort transport drops fragments of large images: make the camera '
-               'publish reliable (input_reliability auto follows it) or use '
-               'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both sides'
+        why = (f'best_effort transport drops fragments of large images: {LARGE_IMAGE_HINT}'
                if reliability == 'best_effort' else
                'the input queue (input_depth) overflowed while the node was busy, or the '
                'transport dropped them')
         self._node.get_logger().warning(
-            f'{self._node.resolve_topic_name(f"{camera}/image_rect_color")}: {what} before '
-            f'the node ({reliability}); {why}', throttle_duration_sec=THROTTLE_S)
+            f'{self._node.resolve_topic_name(image_topic(camera, self._transport))}: {what} '
+            f'before the node ({reliability}); {why}', throttle_duration_sec=THROTTLE_S)

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""sensor_msgs/Image <-> numpy, without spinning: decode inputs, build outputs from buffers.
+"""sensor_msgs/Image and CompressedImage <-> numpy, without spinning: decode inputs, build outputs.
 
 Decoding honours ``step`` (rows may be padded) and validates the message before touching its
 buffer; colour conversion and demosaicing are OpenCV's, with cv_bridge's table of codes.
@@ -23,16 +23,18 @@ both of which the setter iterates; measured with rclpy 7.1).
 """
 
 import array
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
+from cityseg_ros.compressed import decode_compressed, encode_compressed
 from cityseg_ros.errors import ImageError
 from cityseg_ros.imagemsg import COLOR_ENCODINGS, image_to_numpy
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
-__all__ = ['ACCEPTED_ENCODINGS', 'copy_header', 'image_to_rgb', 'labels_msg',
-           'confidence_msg', 'rgb_msg', 'stamp_ns', 'stamp_problem', 'input_problem',
+__all__ = ['ACCEPTED_ENCODINGS', 'copy_header', 'image_to_rgb', 'compressed_to_rgb',
+           'labels_msg', 'compressed_labels_msg', 'camera_info_msg', 'confidence_msg',
+           'rgb_msg', 'stamp_ns', 'stamp_problem', 'input_problem', 'size_problem',
            'MAX_INPUT_SIDE', 'MAX_INPUT_PIXELS']
 
 #: Input encodings (DESIGN.md, "Contract: topics").
@@ -79,7 +81,15 @@ def input_problem(msg: Image, min_side: int) -> Optional[Tuple[str, str]]:
     problem = stamp_problem(msg.header)
     if problem is not None:
         return 'bad_stamp', problem
-    width, height = int(msg.width), int(msg.height)
+    return size_problem(int(msg.width), int(msg.height), min_side)
+
+
+def size_problem(width: int, height: int, min_side: int) -> Optional[Tuple[str, str]]:
+    """Check an image size (from a raw header, or a decoded compressed image).
+
+    Returns:
+        None, or (``too_small`` | ``too_large``, reason) as :func:`input_problem`.
+    """
     if 0 < min(width, height) < min_side:
         return 'too_small', (f'{width}x{height} image is smaller than the {min_side} px the '
                              'model needs per side')
@@ -118,6 +128,19 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return image_to_numpy(msg, rgb=True)
 
 
+def compressed_to_rgb(msg: Any, what: str) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) into HxWx3 uint8 RGB.
+
+    The header is read and checked against :data:`MAX_INPUT_PIXELS` before anything is
+    decoded (:func:`cityseg_ros.compressed.decode_compressed`).
+
+    Raises:
+        ImageError: unknown ``format``, corrupt or truncated data, a codec other than the
+            format says, or more pixels than the node accepts; ``what`` (the topic) leads.
+    """
+    return decode_compressed(msg, rgb=True, max_pixels=MAX_INPUT_PIXELS, what=what)
+
+
 def _image_msg(pixels: np.ndarray, header: Header, encoding: str, channels: int) -> Image:
     expected = 'HxW' if channels == 1 else f'HxWx{channels}'
     shape_ok = pixels.ndim == 2 if channels == 1 else (pixels.ndim == 3 and
@@ -139,13 +162,53 @@ def _image_msg(pixels: np.ndarray, header: Header, encoding: str, channels: int)
 
 
 def labels_msg(labels: np.ndarray, header: Header) -> Image:
-    """Build a mono8 Image of trainIds (255 = ignore) with a copy of the input header.
+    """Build a mono8 Image of label ids with a copy of the input header.
 
     Args:
-        labels: HxW uint8 trainIds.
+        labels: HxW uint8 ids of the node's label space (trainIds by default, 255 = ignore).
         header: the input image's header (stamp and frame_id are copied).
     """
     return _image_msg(labels, header, 'mono8', 1)
+
+
+def compressed_labels_msg(labels: np.ndarray, header: Header) -> CompressedImage:
+    """Build the lossless ``labels/compressed`` message: a single-channel 8-bit PNG.
+
+    ``format`` is image_transport's for a mono8 PNG (``'mono8; png compressed '``), so
+    ``image_transport``'s compressed subscriber and ``decode_compressed(msg, rgb=False)`` give
+    back exactly ``labels``. Never JPEG: its loss turns ids into other ids at every edge.
+
+    Args:
+        labels: HxW uint8 ids.
+        header: the input image's header (stamp and frame_id are copied).
+    """
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ImageError(f'labels must be an HxW uint8 array, got {labels.dtype} '
+                         f'{labels.shape}')
+    fmt, data = encode_compressed(labels, 'png', 'mono8')
+    msg = CompressedImage()
+    msg.header = copy_header(header)
+    msg.format = fmt
+    msg.data = array.array('B', data)
+    return msg
+
+
+def camera_info_msg(info: CameraInfo, header: Header) -> CameraInfo:
+    """Return a copy of ``info`` carrying ``header`` (``C/semantic/camera_info``).
+
+    image_geometry-style consumers pair an image with the CameraInfo of the same stamp and
+    frame_id; the labels carry the input image's header, so their CameraInfo must too.
+    """
+    out = CameraInfo(height=info.height, width=info.width,
+                     distortion_model=info.distortion_model, d=array.array('d', info.d),
+                     k=np.array(info.k, np.float64), r=np.array(info.r, np.float64),
+                     p=np.array(info.p, np.float64), binning_x=info.binning_x,
+                     binning_y=info.binning_y)
+    roi = info.roi
+    out.roi = RegionOfInterest(x_offset=roi.x_offset, y_offset=roi.y_offset, height=roi.height,
+                               width=roi.width, do_rectify=roi.do_rectify)
+    out.header = copy_header(header)
+    return out
 
 
 def confidence_msg(confidence: np.ndarray, header: Header) -> Image:

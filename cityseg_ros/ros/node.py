@@ -12,20 +12,30 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The live node: stereo images in, semantic labels, colours, overlays and diagnostics out.
+"""The live node: N camera images in, semantic labels, colours, overlays and diagnostics out.
 
-Lifecycle (DESIGN.md, "Threads in the node"): configure reads the parameters, builds and warms
-up the Segmenter and creates the publishers; activate starts the worker and subscribes;
-deactivate and cleanup undo that in reverse and free the model. Subscription callbacks only
-check, decode and pair; the matched pair goes to the worker's one-slot mailbox (an older pending
-pair is dropped and counted), and the worker thread runs both images as one batch, renders only
-the outputs somebody subscribes to and publishes them with the input header. The executor never
-waits for the model.
+Lifecycle (DESIGN.md, "Threads in the node"): configure reads the parameters, loads the label
+space, builds and warms up the Segmenter and creates the publishers; activate starts the worker
+(and the decode threads) and subscribes; deactivate and cleanup undo that in reverse and free
+the model.
+
+Threads: raw images are checked and decoded in the subscription callback (zero-copy for rgb8,
+under a millisecond for the other encodings of a 2-megapixel image); compressed images only
+have their stamp and ``format`` checked there and go to a :class:`DecodeStage` (own threads,
+newest frame per camera wins, cameras served in turn), so a 15 ms JPEG decode never holds an
+executor thread. Decoded frames are grouped (``sync: exact``: one frame per camera within
+``pair_tolerance_ms``, into the worker's one-slot mailbox, an older pending group dropped and
+counted; ``sync: none``: each camera's newest frame waits in :class:`LatestFrames` and the
+worker takes them all as one batch). The worker runs the batch through the model (only the
+cameras somebody listens to), renders and encodes only the wanted outputs and publishes them
+with the input header. The executor never waits for the model.
 
 The parts live beside it: ``inputs.py`` (subscriptions, QoS matching, loss counting),
-``points.py`` (semantic/points, its own failures), ``diagnostics.py`` (level and reason), and the
-pairer's time-jump recovery (``cityseg_ros.pairing``). No input ends the node or leaves it in
-another state than the one it was told to be in: every callback counts and logs its problems.
+``outputs.py`` (per-camera outputs in the label space), ``points.py`` (semantic/points, its own
+failures), ``diagnostics.py`` (level and reason), ``pairs.py`` and the pairer's time-jump
+recovery (``cityseg_ros.pairing``), ``cityseg_ros.camera_group`` (``sync: none``). No input ends
+the node or leaves it in another state than the one it was told to be in: every callback counts
+and logs its problems.
 """
 
 from collections import Counter
@@ -37,12 +47,17 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
+from cityseg_ros.camera_group import LatestFrames
+from cityseg_ros.compressed import parse_format
+from cityseg_ros.decoding import DecodeStage
 from cityseg_ros.errors import CitysegError, ConfigError, ImageError
+from cityseg_ros.label_spaces import get_label_space
 from cityseg_ros.pairing import Matched
-from cityseg_ros.ros.diagnostics import (assess, counter_values, CounterWindow,
+from cityseg_ros.ros.diagnostics import (assess, camera_values, counter_values, CounterWindow,
                                          describe_clock_jump, Facts, window_seconds)
-from cityseg_ros.ros.inputs import InputSubscriptions
-from cityseg_ros.ros.messages import image_to_rgb, input_problem, stamp_ns
+from cityseg_ros.ros.inputs import image_topic, InputSubscriptions
+from cityseg_ros.ros.messages import (compressed_to_rgb, image_to_rgb, input_problem,
+                                      size_problem, stamp_ns, stamp_problem)
 from cityseg_ros.ros.outputs import LabelOutputs, OUTPUTS
 from cityseg_ros.ros.pairs import JUMP_NS, LivePairer
 from cityseg_ros.ros.params import (declare_params, MIN_INPUT_SIDE, NodeParams,
@@ -58,18 +73,19 @@ from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 __all__ = ['SegmentNode', 'SegmenterLike', 'default_segmenter_factory', 'main', 'OUTPUTS']
 
-#: The cameras whose pair makes ``semantic/points`` (DESIGN.md's ``stereo_cameras`` default).
-STEREO_CAMERAS = ('left', 'right')
 #: Seconds between two log lines of the same bad-input kind (hot paths).
 THROTTLE_S = 5.0
 #: Stamp -> publish latencies outside [0, this] ms are clock trouble, not statistics (a bag
 #: played without use_sim_time, a camera on another clock): counted, kept out of p50/p95.
 MAX_LATENCY_MS = 60_000.0
+#: Nice increment of the decode threads: when the CPU is short, inference keeps it and decoding
+#: sheds frames (newest wins per camera) instead of delaying every batch.
+DECODE_NICE = 4
 
 
 class SegmenterLike(Protocol):
@@ -105,23 +121,32 @@ class _Frame:
     header: Header
     rgb: np.ndarray
     received: float  # time.monotonic() when the callback got it
+    stamp_ns: int
 
 
 @dataclass(frozen=True)
 class _Pair:
-    """What goes through the worker's mailbox: the frames of one stamp, by camera."""
+    """What goes through the worker's mailbox: one frame per camera (a group or a batch)."""
 
     stamp_ns: int
     frames: Dict[str, _Frame]
     received: float  # the latest receive time of its frames
 
 
-def _size(rgb: np.ndarray) -> str:
-    return f'{rgb.shape[1]}x{rgb.shape[0]}'
+#: With ``sync: none`` the mailbox holds this ticket; the worker takes the frames at its turn.
+_TAKE_LATEST = _Pair(0, {}, 0.0)
+
+
+class _Rejected(Exception):
+    """A decoded compressed image the node refuses (kind as ``rejected_<kind>``, reason)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class SegmentNode(LifecycleNode):
-    """Lifecycle node that segments rectified stereo images with a zoo model.
+    """Lifecycle node that segments the images of N cameras with a zoo model, one batch each.
 
     Args:
         segmenter_factory: builds the model from :class:`NodeParams` at configure; default
@@ -148,6 +173,9 @@ class SegmentNode(LifecycleNode):
         self._points: Optional[PointsOutput] = None
         self._inputs: Optional[InputSubscriptions] = None
         self._pairer: Optional[LivePairer] = None
+        self._latest: Optional[LatestFrames] = None  # sync none
+        self._decoder: Optional[DecodeStage] = None  # input_transport compressed
+        self._infos: Dict[str, CameraInfo] = {}  # latest valid CameraInfo per camera
         self._last_submit = 0.0
         self._last_reject = ''
         self._last_jump = ''  # kept across configures; the pairer's is newer when set
@@ -176,6 +204,7 @@ class SegmentNode(LifecycleNode):
         seg = None
         try:
             params = read_params(self)
+            space = get_label_space(params.label_space, params.label_map)
             start = time.perf_counter()
             seg = self._factory(params)
             warm_ms = seg.warmup(batch_size=len(params.cameras))
@@ -187,24 +216,34 @@ class SegmentNode(LifecycleNode):
             log.error(traceback.format_exc())  # a bug: keep the traceback
             return self._fail('configure', exc, TransitionCallbackReturn.ERROR)
         self._params, self._seg = params, seg
-        self._pairer = LivePairer(params.input_cameras, params.pair_tolerance_ms, log,
-                                  self._count, self._lost)
+        self._pairer = LivePairer(params.cameras, params.pair_tolerance_ms, log,
+                                  self._count, self._lost, sync=params.sync)
+        self._latest = LatestFrames(params.cameras) if params.sync == 'none' else None
+        self._infos = {}
+        if params.input_transport == 'compressed':
+            self._decoder = DecodeStage(self._decode, self._on_decoded, self._on_decode_error,
+                                        threads=params.decode_threads,
+                                        name=f'{self.get_name()}-decode', nice=DECODE_NICE)
         self._device = str(getattr(seg, 'device', params.device))
         self._outputs = LabelOutputs(self._publisher, params.cameras, {
             'color': params.publish_color, 'overlay': params.publish_overlay,
-            'confidence': params.publish_confidence})
+            'confidence': params.publish_confidence}, space)
         outputs = self._outputs.names
-        if params.publish_points:
+        if params.points:
             self._points = PointsOutput(self._publisher(PointCloud2, 'semantic/points'),
-                                        STEREO_CAMERAS, self._values(), log,
-                                        functools.partial(self._count, n=1))
+                                        params.stereo_cameras, self._values(), log,
+                                        functools.partial(self._count, n=1), space)
             outputs.append('semantic/points')
         self._error = None
         self._state = 'inactive'
         log.info(f'configured {params.model} on {self._device} ({params.precision}, '
                  f'tta {params.tta}) in {time.perf_counter() - start:.1f} s, warm-up '
-                 f'{warm_ms or 0.0:.0f} ms; cameras {list(params.cameras)}, outputs '
-                 f'{outputs}')
+                 f'{warm_ms or 0.0:.0f} ms; cameras {list(params.cameras)} (sync '
+                 f'{params.sync}, {params.input_transport}), label space {space.name}, '
+                 f'outputs {outputs}')
+        if not params.points:
+            log.info(f'no semantic/points: stereo_cameras {list(params.stereo_cameras)} are '
+                     f'not both in cameras')
         return super().on_configure(state)
 
     def _publisher(self, msg_type: Any, topic: str) -> Any:
@@ -220,9 +259,14 @@ class SegmentNode(LifecycleNode):
         assert params is not None  # the state machine only activates a configured node
         ret = super().on_activate(state)  # publishers on before the first frame
         self._worker.start()
+        if self._latest is not None:
+            self._latest.clear()  # a ticket dropped at the last stop must not block the next
+        if self._decoder is not None:
+            self._decoder.start()
+        on_image = self._on_compressed if self._decoder is not None else self._on_image
         self._inputs = InputSubscriptions(
             self, params.input_cameras, params.input_reliability, params.input_depth,
-            self._on_image, self._on_camera_info, self._count)
+            on_image, self._on_camera_info, self._count, transport=params.input_transport)
         self._inputs.start()
         self._state = 'active'
         self.get_logger().info(
@@ -274,9 +318,13 @@ class SegmentNode(LifecycleNode):
         if self._inputs is not None:
             self._inputs.stop()
             self._inputs = None
+        if self._decoder is not None:
+            self._decoder.stop()
         self._worker.stop()
         if self._pairer is not None:
             self._pairer.clear()
+        if self._latest is not None:
+            self._latest.clear()
 
     def _release(self) -> None:
         if self._outputs is not None:
@@ -290,6 +338,9 @@ class SegmentNode(LifecycleNode):
         self._seg = None
         self._params = None
         self._pairer = None
+        self._latest = None
+        self._decoder = None
+        self._infos = {}
         self._device = 'none'
 
     def _values(self) -> Dict[str, Any]:
@@ -316,67 +367,119 @@ class SegmentNode(LifecycleNode):
             problem = camera_info_problem(msg)
             if problem is not None:
                 self._reject('camera_info', f'{camera}/camera_info', problem)
-            elif self._points is not None:
+                return
+            self._infos[camera] = msg  # keys: the configured cameras only
+            if self._points is not None:
                 self._points.on_camera_info(camera, msg)
         except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
             self._internal_error(f'{camera}/camera_info', exc)
 
     def _on_image(self, camera: str, msg: Image) -> None:
+        """Raw input (executor thread): check, decode (cheap for raw), group."""
         received = time.monotonic()
         self._count(f'{camera}_images')
-        topic = f'{camera}/image_rect_color'
+        topic = image_topic(camera)
         try:
-            frame = self._check_and_decode(camera, topic, msg, received)
-            pairer = self._pairer
-            if frame is None or pairer is None or self._state != 'active':
-                return  # rejected, or deactivated while this callback ran
-            matched = pairer.push(camera, msg.header, stamp_ns(msg.header), frame,
-                                  self.resolve_topic_name(topic))
-            if pairer.last_jump:
-                self._last_jump = pairer.last_jump
-            if matched is not None:
-                self._on_matched(matched)
+            problem = input_problem(msg, MIN_INPUT_SIDE)
+            if problem is not None:
+                self._reject(problem[0], topic, problem[1])
+                return
+            try:
+                rgb = image_to_rgb(msg)
+            except ImageError as exc:
+                self._reject('bad_image', topic, str(exc))
+                return
+            self._accept(camera, topic, _Frame(msg.header, rgb, received, stamp_ns(msg.header)))
         except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
             self._internal_error(topic, exc)
 
-    def _check_and_decode(self, camera: str, topic: str, msg: Image,
-                          received: float) -> Optional[_Frame]:
-        """Return the decoded frame, or None after counting and logging why it was refused."""
-        problem = input_problem(msg, MIN_INPUT_SIDE)
-        if problem is not None:
-            kind, reason = problem
-            self._reject(kind, topic, reason)
-            return None
+    def _on_compressed(self, camera: str, msg: CompressedImage) -> None:
+        """Compressed input (executor thread): check stamp and format, hand to the decoders."""
+        received = time.monotonic()
+        self._count(f'{camera}_images')
+        topic = image_topic(camera, 'compressed')
         try:
-            rgb = image_to_rgb(msg)
-        except ImageError as exc:
+            problem = stamp_problem(msg.header)
+            if problem is not None:
+                self._reject('bad_stamp', topic, problem)
+                return
+            try:
+                parse_format(msg.format)  # a string: cheap; refused before any decoding
+            except ImageError as exc:
+                self._reject('bad_format', topic, str(exc))
+                return
+            decoder = self._decoder
+            if decoder is not None:
+                decoder.submit(camera, (msg, received))  # returns at once, never decodes here
+        except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
+            self._internal_error(topic, exc)
+
+    # -- decode threads (input_transport compressed) ---------------------------------------------
+
+    def _decode(self, camera: str, item: tuple) -> np.ndarray:
+        msg, _ = item
+        rgb = compressed_to_rgb(msg, self.resolve_topic_name(image_topic(camera, 'compressed')))
+        problem = size_problem(rgb.shape[1], rgb.shape[0], MIN_INPUT_SIDE)
+        if problem is not None:
+            raise _Rejected(*problem)
+        return rgb
+
+    def _on_decoded(self, camera: str, item: tuple, rgb: np.ndarray) -> None:
+        msg, received = item
+        self._accept(camera, image_topic(camera, 'compressed'),
+                     _Frame(msg.header, rgb, received, stamp_ns(msg.header)))
+
+    def _on_decode_error(self, camera: str, item: tuple, exc: BaseException) -> None:
+        topic = image_topic(camera, 'compressed')
+        if isinstance(exc, _Rejected):
+            self._reject(exc.kind, topic, str(exc))
+        elif isinstance(exc, ImageError):
             self._reject('bad_image', topic, str(exc))
-            return None
-        return _Frame(msg.header, rgb, received)
+        else:
+            self._internal_error(topic, exc)
+
+    # -- grouping (executor or decode threads) ---------------------------------------------------
+
+    def _accept(self, camera: str, topic: str, frame: _Frame) -> None:
+        """Group one decoded frame; hand a complete group (or a batch ticket) to the worker."""
+        pairer = self._pairer
+        if pairer is None or self._state != 'active':
+            return  # deactivated while this frame was decoded
+        matched = pairer.push(camera, frame.header, frame.stamp_ns, frame,
+                              self.resolve_topic_name(topic))
+        if pairer.last_jump:
+            self._last_jump = pairer.last_jump
+        if matched is None:
+            return
+        latest = self._latest
+        if latest is None:
+            self._on_matched(matched)
+            return
+        with self._lock:  # sync none: the frame waits; one ticket at a time, at the rate
+            ticket = latest.put(camera, frame, ready=self._rate_allows(time.monotonic()))
+        if ticket:
+            self._worker.submit(_TAKE_LATEST)
+
+    def _rate_allows(self, now: float) -> bool:
+        """Whether a batch may start now (``max_rate_hz``); call under ``self._lock``."""
+        rate = self.get_parameter('max_rate_hz').value
+        if rate > 0.0 and now - self._last_submit < 1.0 / rate:
+            return False
+        self._last_submit = now
+        return True
 
     def _lost(self) -> int:
         with self._lock:
             return sum(v for k, v in self._counts.items() if k.endswith('_lost'))
 
     def _on_matched(self, matched: Matched) -> None:
-        params = self._params
-        if params is None:
-            return
-        frames = {cam: matched.items[cam] for cam in params.input_cameras}
-        shapes = {frame.rgb.shape for frame in frames.values()}
-        if len(shapes) > 1:
-            sizes = ', '.join(f'{cam} {_size(f.rgb)}' for cam, f in frames.items())
-            self._reject('size_mismatch', 'image_rect_color',
-                         f'the pair at stamp {matched.stamp_ns} ns has image sizes that differ '
-                         f'({sizes}); publish rectified images of one size')
-            return
+        """Hand a complete group (sync exact) to the mailbox (newest wins), at the rate."""
+        frames = matched.items
         now = time.monotonic()  # steady: a ROS clock jump must not block or flood the model
-        rate = self.get_parameter('max_rate_hz').value
         with self._lock:
-            if rate > 0.0 and now - self._last_submit < 1.0 / rate:
+            if not self._rate_allows(now):
                 self._counts['rate_limited'] += 1
                 return
-            self._last_submit = now
         self._worker.submit(_Pair(matched.stamp_ns, frames,
                                   max(f.received for f in frames.values())))
 
@@ -415,40 +518,84 @@ class SegmentNode(LifecycleNode):
         seg, params, outputs, points = self._seg, self._params, self._outputs, self._points
         if seg is None or params is None or outputs is None:
             return
+        if pair is _TAKE_LATEST:
+            pair = self._take_latest()
+            if pair is None:
+                return
         wanted = outputs.wanted()
         cloud = points is not None and points.wanted()
-        if not any(wanted.values()) and not cloud:
+        left = points.cameras[0] if points is not None else None
+        # Only the cameras somebody listens to go through the model (and the cloud's left).
+        cams = [cam for cam in params.cameras if cam in pair.frames
+                and (wanted[cam] or (cloud and cam == left))]
+        if not cams:
             self._count('skipped_no_subscribers')
             return
-        confidence = any('confidence' in names for names in wanted.values())
-        frames = [pair.frames[cam] for cam in params.cameras]
+        confidence = any('confidence' in wanted[cam] for cam in cams)
+        frames = [pair.frames[cam] for cam in cams]
         start = time.perf_counter()
         predictions = seg.predict([frame.rgb for frame in frames], confidence=confidence)
         self._worker.record_inference((time.perf_counter() - start) * 1e3)
         alpha = float(self.get_parameter('overlay_alpha').value)
         sent = 0
-        for cam, frame, prediction in zip(params.cameras, frames, predictions):
-            names = outputs.publish(wanted[cam], frame.rgb, frame.header, prediction, alpha)
+        for cam, frame, prediction in zip(cams, frames, predictions):
+            names = outputs.publish(wanted[cam], frame.rgb, frame.header, prediction, alpha,
+                                    self._infos.get(cam))
+            if 'camera_info' in wanted[cam] and 'camera_info' not in names:
+                self._count('camera_info_missing')
+                self.get_logger().warning(
+                    f'{cam}/semantic/camera_info not published: no valid {cam}/camera_info '
+                    'received yet', throttle_duration_sec=THROTTLE_S)
             with self._lock:
                 self._published.update(f'{cam}/{name}' for name in names)
-            sent += len(names)
-        if sent:
-            self._record_latency(pair)
-        if cloud:
-            # A cloud problem is the cloud's (counted, logged there), never the pair's.
-            labels = predictions[params.cameras.index(STEREO_CAMERAS[0])].labels
-            if points.publish(pair.frames, labels):
+                if names:
+                    self._counts[f'{cam}_segmented'] += 1
+            if names:
+                self._record_latency(frame)
+                sent += 1
+        if cloud and left in cams:
+            # A cloud problem is the cloud's (counted, logged there), never the batch's.
+            labels = predictions[cams.index(left)].labels
+            stereo = self._stereo_frames(pair, points)
+            if stereo is not None and points.publish(stereo, labels):
                 with self._lock:
                     self._published['semantic/points'] += 1
                 if not sent:
-                    self._record_latency(pair)
+                    self._record_latency(pair.frames[left])
                 sent += 1
         if sent:
             self._count('published_pairs')
 
-    def _record_latency(self, pair: _Pair) -> None:
-        self._node_latency.add((time.monotonic() - pair.received) * 1e3)
-        age_ms = (self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e6
+    def _take_latest(self) -> Optional[_Pair]:
+        """Take the newest frame of every camera that sent one since the last batch (sync none)."""
+        latest = self._latest
+        frames = latest.take() if latest is not None else {}
+        if not frames:
+            return None
+        return _Pair(max(f.stamp_ns for f in frames.values()), frames,
+                     max(f.received for f in frames.values()))
+
+    def _stereo_frames(self, pair: _Pair, points: PointsOutput) -> Optional[Dict[str, _Frame]]:
+        """Return the stereo frames of this batch; with sync none the right one may be older."""
+        left_cam, right_cam = points.cameras
+        left, right = pair.frames[left_cam], pair.frames.get(right_cam)
+        if right is None and self._latest is not None:
+            right = self._latest.newest(right_cam)
+        if right is None:
+            points.skip(f'no {right_cam} image has arrived yet')
+            return None
+        gap_ms = abs(left.stamp_ns - right.stamp_ns) / 1e6
+        tolerance = self._params.pair_tolerance_ms if self._params else 0.0
+        if gap_ms > tolerance:
+            points.skip(f'the newest {left_cam} and {right_cam} images are {gap_ms:.1f} ms '
+                        f'apart (pair_tolerance_ms={tolerance:g}); sync none does not match '
+                        'stamps: use sync:=exact for a stereo rig')
+            return None
+        return {left_cam: left, right_cam: right}
+
+    def _record_latency(self, frame: _Frame) -> None:
+        self._node_latency.add((time.monotonic() - frame.received) * 1e3)
+        age_ms = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6
         if 0.0 <= age_ms <= MAX_LATENCY_MS:
             self._latency.add(age_ms)
         else:
@@ -469,10 +616,11 @@ class SegmentNode(LifecycleNode):
             hint = '; lower input_height/input_width, use precision fp16/bf16 or a smaller model'
         if not isinstance(exc, CitysegError):
             self.get_logger().debug(traceback.format_exc())
+        which = ('a batch' if pair is _TAKE_LATEST
+                 else f'the frames at stamp {pair.stamp_ns} ns')
         self.get_logger().error(
-            f'segmentation failed for the frame at stamp {pair.stamp_ns} ns: '
-            f'{type(exc).__name__}: {ros_hint(str(exc))}{hint}',
-            throttle_duration_sec=THROTTLE_S)
+            f'segmentation failed for {which}: {type(exc).__name__}: '
+            f'{ros_hint(str(exc))}{hint}', throttle_duration_sec=THROTTLE_S)
 
     # -- diagnostics ---------------------------------------------------------------------------
 
@@ -483,13 +631,34 @@ class SegmentNode(LifecycleNode):
 
     @property
     def counters(self) -> Dict[str, int]:
-        """Return a snapshot of the input counters: images, rejected_*, rate_limited, unpaired."""
+        """Return a snapshot of the input counters: images, rejected_*, rate_limited, unpaired.
+
+        Per camera ``C``: ``C_images`` (received), ``C_segmented`` (frames whose outputs were
+        published), ``C_unpaired`` (sync exact), ``C_dropped`` (sync none: replaced while
+        waiting for the batch), ``C_decode_dropped`` / ``C_decode_failed`` (compressed).
+        """
         with self._lock:
             counts = dict(self._counts)
-        pairer = self._pairer
+        pairer, latest, decoder = self._pairer, self._latest, self._decoder
         if pairer is not None:
             counts.update(pairer.counters())
+        if latest is not None:
+            counts.update({f'{cam}_dropped': n for cam, n in latest.dropped().items()})
+        if decoder is not None:
+            for cam, stats in decoder.stats().items():
+                counts[f'{cam}_decode_dropped'] = stats.dropped
+                counts[f'{cam}_decode_failed'] = stats.failed
         return counts
+
+    def decode_ms(self, q: float) -> Optional[float]:
+        """Return the q-th percentile of compressed decode time, ms, worst camera (or None)."""
+        decoder = self._decoder
+        if decoder is None:
+            return None
+        key = 'decode_p50_ms' if q <= 50 else 'decode_p95_ms'
+        values = [getattr(s, key) for s in decoder.stats().values()]
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
 
     @property
     def published(self) -> Dict[str, int]:
@@ -512,7 +681,7 @@ class SegmentNode(LifecycleNode):
         counts = self.counters
         stats = self._worker.stats
         params, inputs, points = self._params, self._inputs, self._points
-        cameras = params.input_cameras if params else ()
+        cameras = params.cameras if params else ()
         max_rate = float(self.get_parameter('max_rate_hz').value)
         jumps = (counts.get('time_jumps_back', 0) + counts.get('time_jumps_forward', 0)
                  + counts.get('clock_jumps', 0))
@@ -530,8 +699,13 @@ class SegmentNode(LifecycleNode):
             stamp_gap_ms=self._pairer.stamp_gap_ms() if self._pairer else None,
             max_rate_hz=max_rate,
             busy_for_s=stats.busy_for_s, last_error=stats.last_error or '',
-            last_reject=self._last_reject, last_jump=self._last_jump)
+            last_reject=self._last_reject, last_jump=self._last_jump,
+            sync=params.sync if params else 'exact',
+            transport=params.input_transport if params else 'raw')
         level, message = assess(facts)
+        # sync exact: a dropped or rate-limited group drops one frame of every camera.
+        group_drops = (stats.dropped + counts.get('rate_limited', 0)
+                       if params is not None and params.sync == 'exact' else 0)
 
         def ms(value: Optional[float]) -> str:
             return 'n/a' if value is None else f'{value:.1f}'
@@ -546,6 +720,9 @@ class SegmentNode(LifecycleNode):
             'device': self._device,
             'precision': params.precision if params else '',
             'cameras': ','.join(params.cameras) if params else '',
+            'sync': params.sync if params else '',
+            'input_transport': params.input_transport if params else '',
+            'label_space': outputs_space(self._outputs),
             'input_reliability': inputs.summary() if inputs else '',
             'window_s': f'{window_s:.1f}',
             'input_images_hz': f'{images_in / window_s:.2f}',
@@ -562,7 +739,10 @@ class SegmentNode(LifecycleNode):
             'published_pairs': str(counts.get('published_pairs', 0)),
             'dropped_pairs': str(stats.dropped),
             'failed_pairs': str(stats.failed),
+            'decode_p50_ms': ms(self.decode_ms(50)),
+            'decode_p95_ms': ms(self.decode_ms(95)),
             **counter_values(counts),
+            **camera_values(cameras, counts, delta, window_s, group_drops),
             'last_time_jump': self._last_jump,
             'points_p50_ms': ms(points.ms.percentile(50) if points else None),
             'points_published': str(self.published.get('semantic/points', 0)),
@@ -583,6 +763,11 @@ class SegmentNode(LifecycleNode):
             self._diag_pub.publish(array)
         except Exception as exc:  # noqa: B902 -- a bug here must not end the node
             self._internal_error('/diagnostics', exc)
+
+
+def outputs_space(outputs: Optional[LabelOutputs]) -> str:
+    """Return the label space's name for diagnostics ('' before configure)."""
+    return outputs.space.name if outputs is not None else ''
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -45,7 +45,7 @@ def _node_process(model: str, device: str) -> subprocess.Popen:
     env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
     cmd = [sys.executable, '-m', 'cityseg_ros.ros.node', '--ros-args',
            '-r', f'__ns:=/{NODE_NAMESPACE}', '-p', f'model:={model}', '-p', "weights:=''",
-           '-p', f'device:={device}', '-p', 'input_reliability:=reliable',
+           '-p', f'device:={device}',
            '-p', 'publish_color:=false', '-p', 'publish_overlay:=false']
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)

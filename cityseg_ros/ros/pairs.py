@@ -12,7 +12,11 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The live node's pairing: the shared StampPairer with time-jump recovery, and what it says.
+"""The live node's grouping: the shared StampPairer with time-jump recovery, and what it says.
+
+With ``sync: exact`` the cameras' frames are grouped by stamp (one frame per camera within
+``pair_tolerance_ms``); with ``sync: none`` every frame passes at once as its own group (the
+node's :class:`~cityseg_ros.camera_group.LatestFrames` batches them).
 
 Beside the pairer it keeps, per camera, the latest stamp and frame_id (bounded by the camera
 list), logs time jumps, frames without partner and frame_id changes (throttled), and names the
@@ -44,10 +48,14 @@ class LivePairer:
         logger: the node's logger.
         count: ``count(key)`` adds one to a node counter (``frame_id_changes``).
         lost: returns how many input images were lost before the node so far (for the hint).
+        sync: 'exact' (group by stamp) or 'none' (no grouping).
     """
 
     def __init__(self, cameras: Sequence[str], tolerance_ms: float, logger: Any,
-                 count: Callable[[str], None], lost: Callable[[], int]) -> None:
+                 count: Callable[[str], None], lost: Callable[[], int],
+                 sync: str = 'exact') -> None:
+        self.sync = sync
+        self._passed = 0  # sync none: frames let through
         self.pairer = StampPairer(cameras, int(tolerance_ms * 1e6), max_pending=MAX_PENDING,
                                   jump_ns=JUMP_NS)
         self._cameras = tuple(cameras)
@@ -65,6 +73,9 @@ class LivePairer:
         """Pair one decoded frame; return the matched set when it completes one."""
         self._note_frame_id(camera, header.frame_id, topic)
         self._stamps[camera] = stamp
+        if self.sync == 'none':
+            self._passed += 1
+            return Matched(stamp_ns=stamp, items={camera: item}, stamps={camera: stamp})
         matched = self.pairer.push(camera, stamp, item)
         self._log_changes()
         return matched
@@ -74,18 +85,30 @@ class LivePairer:
         self.pairer.clear()
 
     def stamp_gap_ms(self) -> Optional[float]:
-        """Return the latest stamp difference of the first two cameras, ms (None if unknown)."""
+        """Return the spread of the cameras' latest stamps, ms (None until each has one)."""
         if len(self._cameras) < 2:
             return None
-        stamps = [self._stamps.get(cam) for cam in self._cameras[:2]]
+        stamps = [self._stamps.get(cam) for cam in self._cameras]
         if None in stamps:
             return None
-        return abs(stamps[0] - stamps[1]) / 1e6
+        return (max(stamps) - min(stamps)) / 1e6
+
+    def latest_stamp(self, camera: str) -> Optional[int]:
+        """Return the latest stamp ``camera`` sent, ns (None before its first frame)."""
+        return self._stamps.get(camera)
 
     def counters(self) -> Dict[str, int]:
-        """Pairing counters for diagnostics: pairs, unpaired, unpaired_future, time jumps."""
+        """Pairing counters for diagnostics: pairs, unpaired, unpaired_future, time jumps.
+
+        ``pairs`` counts groups (sync exact) or frames let through (sync none); per camera,
+        ``C_unpaired`` counts its frames that left the pairer without a group.
+        """
         stats = self.pairer.stats
-        return {'pairs': stats.matched, 'unpaired': stats.dropped,
+        if self.sync == 'none':
+            return {'pairs': self._passed}
+        return {'pairs': stats.matched,
+                **{f'{cam}_unpaired': n for cam, n in stats.dropped_unmatched.items()},
+                'unpaired': stats.dropped,
                 'unpaired_future': sum(stats.dropped_future.values()),
                 'time_jumps_back': stats.jumps_back, 'time_jumps_forward': stats.jumps_forward}
 
@@ -118,7 +141,7 @@ class LivePairer:
         parts = []
         gap = self.stamp_gap_ms()
         if gap is not None:
-            parts.append(f'latest {"/".join(self._cameras[:2])} stamps differ by {gap:.1f} ms')
+            parts.append(f'latest {"/".join(self._cameras)} stamps differ by up to {gap:.1f} ms')
         lost = self._lost()
         if lost:
             parts.append(f'{lost} images lost before the node (transport or input queue)')

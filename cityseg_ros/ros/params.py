@@ -24,7 +24,9 @@ from dataclasses import dataclass, fields
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from cityseg_ros.camera_group import SYNC_MODES
 from cityseg_ros.errors import ConfigError
+from cityseg_ros.label_spaces import LABEL_SPACES
 from cityseg_ros.stereo import StereoParams
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
@@ -32,7 +34,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 __all__ = ['Param', 'PARAMS', 'NodeParams', 'PRECISIONS', 'TTA_MODES', 'RELIABILITIES',
-           'CAMERA_SETS', 'declare_params', 'read_params', 'check_values', 'markdown_table',
+           'TRANSPORTS', 'SYNC_MODES', 'LABEL_SPACES', 'MAX_CAMERAS', 'camera_name_problem',
+           'declare_params', 'read_params', 'check_values', 'markdown_table',
            'on_set_parameters', 'ros_hint']
 
 Value = Union[str, int, float, bool, List[str]]
@@ -42,7 +45,12 @@ Value = Union[str, int, float, bool, List[str]]
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 TTA_MODES = ('none', 'flip', 'multiscale')
 RELIABILITIES = ('auto', 'best_effort', 'reliable')
-CAMERA_SETS = (['left', 'right'], ['left'])
+#: ``input_transport`` values (image_transport's plugin names).
+TRANSPORTS = ('raw', 'compressed')
+#: Most cameras one node segments (one batch); beyond, run a second node.
+MAX_CAMERAS = 16
+#: A camera namespace: relative ROS name tokens (so the node's namespace and remaps apply).
+_CAMERA_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 #: Smallest network input side the engine accepts (engine.MIN_IMAGE_SIDE).
 MIN_INPUT_SIDE = 16
 
@@ -84,17 +92,41 @@ PARAMS: Tuple[Param, ...] = (
           range=(0, 8192)),
     Param('tta', 'none', 'test-time augmentation', choices=TTA_MODES),
     Param('cameras', ['left', 'right'],
-          "cameras to segment: ['left', 'right'] (one batch per stereo pair) or ['left']"),
+          'camera namespaces to segment, any list (e.g. [front, front_left, front_right, rear, '
+          'rear_left, rear_right]); all run as one batch by one model'),
+    Param('sync', 'exact',
+          "'exact': one frame per camera with stamps within pair_tolerance_ms per batch (a dead "
+          "camera stalls the group); 'none': each camera's newest frame, whatever its stamp",
+          choices=SYNC_MODES),
+    Param('stereo_cameras', ['left', 'right'],
+          'the (left, right) pair of cameras whose images make semantic/points; the cloud '
+          'exists when both are in cameras and is computed only while somebody subscribes'),
+    Param('input_transport', 'raw',
+          "'raw': C/image_rect_color (sensor_msgs/Image); 'compressed': "
+          'C/image_rect_color/compressed (CompressedImage, JPEG or PNG as image_transport '
+          'writes it), decoded on decode_threads, never on the executor',
+          choices=TRANSPORTS),
+    Param('decode_threads', 2, 'threads that decode compressed input (newest frame per camera '
+          'wins, cameras served in turn)', range=(1, 16)),
+    Param('label_space', 'trainid',
+          "ids the labels carry: 'trainid' (0..18, 255 ignore), 'labelid' (Cityscapes "
+          "labelIds, 0 unlabeled), 'category' (1 flat .. 7 vehicle, 0 void) or 'label_map' "
+          '(the label_map file); colours, overlay and point labels follow it',
+          choices=LABEL_SPACES),
+    Param('label_map', '',
+          'label map YAML (trainIds -> your ids, names, colours; see '
+          "config/label_map_example.yaml); setting it selects it, '' = none"),
     Param('publish_color', True, 'publish C/semantic/color (rgb8 palette image)'),
     Param('publish_overlay', True, 'publish C/semantic/overlay (photo blended with the palette)'),
     Param('publish_confidence', False,
           'publish C/semantic/confidence (mono8, max softmax x 255)'),
     Param('overlay_alpha', 0.5, 'photo weight in the overlay (0 = labels only, 1 = photo only)',
           range=(0.0, 1.0), runtime=True),
-    Param('max_rate_hz', 0.0, 'segment at most this many pairs per second, 0 = unlimited',
+    Param('max_rate_hz', 0.0, 'segment at most this many batches per second, 0 = unlimited',
           range=(0.0, 1000.0), runtime=True),
     Param('pair_tolerance_ms', 5.0,
-          'largest stamp difference between the left and right image of a pair, ms',
+          'largest stamp difference between the cameras of one batch (sync exact) and between '
+          'the stereo images of a cloud, ms',
           range=(0.0, 1000.0)),
     Param('input_reliability', 'auto',
           "input QoS reliability: 'auto' matches each topic's publishers (all reliable -> "
@@ -105,9 +137,6 @@ PARAMS: Tuple[Param, ...] = (
     Param('autostart', True, 'segment_node walks configure and activate at start',
           read_only=True),
     # --- semantic/points: stereo disparity -> labelled PointCloud2 (cityseg_ros.stereo) ---
-    Param('publish_points', False,
-          'publish semantic/points (PointCloud2 x, y, z, rgb, label in the left optical frame); '
-          'subscribes to the right image and both camera_info even if only left is segmented'),
     Param('points_downscale', 2, 'match disparity at 1/1, 1/2 or 1/4 resolution (speed)',
           range=(1, 4), runtime=True),
     Param('points_decimation', 4, 'keep every n-th pixel row and column as a point',
@@ -116,7 +145,8 @@ PARAMS: Tuple[Param, ...] = (
           runtime=True),
     Param('points_max_depth_m', 50.0, 'drop points farther than this, m',
           range=(0.0, 1000.0), runtime=True),
-    Param('points_drop_classes', [10], 'trainIds whose points are dropped (10 = sky)',
+    Param('points_drop_classes', [10],
+          'trainIds whose points are dropped (10 = sky), whatever label_space',
           runtime=True),
     Param('points_organized', False,
           'organised cloud (image grid, NaN for dropped points) instead of dense', runtime=True),
@@ -150,6 +180,12 @@ class NodeParams:
     input_width: int
     tta: str
     cameras: Tuple[str, ...]
+    sync: str
+    stereo_cameras: Tuple[str, ...]
+    input_transport: str
+    decode_threads: int
+    label_space: str
+    label_map: str
     publish_color: bool
     publish_overlay: bool
     publish_confidence: bool
@@ -159,7 +195,6 @@ class NodeParams:
     input_reliability: str
     input_depth: int
     autostart: bool
-    publish_points: bool
     points_downscale: int
     points_decimation: int
     points_min_depth_m: float
@@ -186,6 +221,7 @@ class NodeParams:
         if problems:
             raise ConfigError('invalid parameters: ' + '; '.join(problems))
         merged['cameras'] = tuple(merged['cameras'])
+        merged['stereo_cameras'] = tuple(merged['stereo_cameras'])
         merged['points_drop_classes'] = tuple(merged['points_drop_classes'])
         return cls(**{f.name: merged[f.name] for f in fields(cls)})
 
@@ -202,15 +238,13 @@ class NodeParams:
         return self.weights or None
 
     @property
-    def stereo(self) -> bool:
-        """Whether left and right are segmented (and paired)."""
-        return len(self.cameras) > 1
+    def points(self) -> bool:
+        """Whether semantic/points exists: both stereo cameras are segmented cameras."""
+        return all(cam in self.cameras for cam in self.stereo_cameras)
 
     @property
     def input_cameras(self) -> Tuple[str, ...]:
-        """Cameras subscribed and paired: the segmented ones, plus right for the cloud."""
-        if self.publish_points and 'right' not in self.cameras:
-            return self.cameras + ('right',)
+        """Cameras subscribed: the segmented ones (the stereo pair is among them)."""
         return self.cameras
 
 
@@ -247,8 +281,16 @@ def check_values(values: Mapping[str, Any]) -> List[str]:
             problems.append(f'{param.name} {value} is outside [{param.range[0]}, '
                             f'{param.range[1]}]')
     cameras = list(values.get('cameras', []))
-    if cameras not in CAMERA_SETS:
-        problems.append(f'cameras {cameras} must be {CAMERA_SETS[0]} or {CAMERA_SETS[1]}')
+    problems += _camera_list_problems('cameras', cameras, 1, MAX_CAMERAS)
+    problems += _camera_list_problems('stereo_cameras', list(values.get('stereo_cameras', [])),
+                                      2, 2)
+    space, label_map = values.get('label_space'), values.get('label_map', '')
+    if space == 'label_map' and not label_map:
+        problems.append("label_space 'label_map' needs label_map (a YAML file, see "
+                        'config/label_map_example.yaml)')
+    if label_map and space in ('labelid', 'category'):
+        problems.append(f'label_space {space!r} and label_map {label_map!r} both given: set '
+                        "label_space to 'label_map' (or 'trainid') or clear label_map")
     height, width = values.get('input_height', 0), values.get('input_width', 0)
     if bool(height) != bool(width):
         problems.append(f'input_height {height} and input_width {width}: set both, or both 0 '
@@ -266,6 +308,25 @@ def check_values(values: Mapping[str, Any]) -> List[str]:
     if values.get('precision') == 'fp16' and str(values.get('device')).startswith('cpu'):
         problems.append('precision fp16 needs a CUDA device but device is '
                         f"{values.get('device')!r}: use bf16 or fp32 on CPU")
+    return problems
+
+
+def camera_name_problem(name: Any) -> Optional[str]:
+    """Say why ``name`` cannot be a camera namespace, or return None when it can."""
+    if not isinstance(name, str) or not _CAMERA_NAME.fullmatch(name):
+        return (f'{name!r} is not a relative ROS name (letters, digits, _ and /, not starting '
+                'with a digit or /)')
+    return None
+
+
+def _camera_list_problems(param: str, cameras: List[Any], low: int, high: int) -> List[str]:
+    problems = []
+    if not low <= len(cameras) <= high:
+        count = f'{low}' if low == high else f'{low} to {high}'
+        problems.append(f'{param} {cameras} must name {count} camera(s), got {len(cameras)}')
+    problems += [f'{param}: {p}' for p in map(camera_name_problem, cameras) if p]
+    if len(set(map(str, cameras))) != len(cameras):
+        problems.append(f'{param} {cameras} names a camera twice')
     return problems
 
 

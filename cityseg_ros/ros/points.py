@@ -14,6 +14,10 @@
 
 """semantic/points for the node: camera infos, matcher settings, and failures kept to itself.
 
+The cloud exists when both ``stereo_cameras`` are segmented cameras and is built only while
+somebody subscribes. Point labels and ``label`` colours follow the node's label space (the
+class filter ``points_drop_classes`` stays in trainIds).
+
 A point-cloud problem (no or bad calibration, an OpenCV error from the matcher on small images)
 is counted as ``points_skipped`` / ``points_failed`` and logged (throttled); it never fails the
 pair, whose labels are already out. The matcher settings are built by the parameter thread and
@@ -21,6 +25,7 @@ handed over as one immutable :class:`~cityseg_ros.stereo.StereoParams` under a l
 worker never sees a half-applied change nor keeps a stale one.
 """
 
+import dataclasses
 import math
 import threading
 import time
@@ -28,9 +33,10 @@ import traceback
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from cityseg_ros.errors import CitysegError
+from cityseg_ros.label_spaces import LabelSpace
 from cityseg_ros.ros.params import stereo_params
 from cityseg_ros.ros.pointcloud import cloud_msg
-from cityseg_ros.stereo import semantic_cloud, StereoModel, StereoParams
+from cityseg_ros.stereo import semantic_cloud, SemanticCloud, StereoModel, StereoParams
 from cityseg_ros.worker import LatencyWindow
 import numpy as np
 from sensor_msgs.msg import CameraInfo
@@ -72,12 +78,14 @@ class PointsOutput:
         values: the node's parameter values (name -> value) at configure.
         logger: the node's logger.
         count: ``count(key)`` adds one to a diagnostics counter.
+        space: the node's label space; None keeps trainIds.
     """
 
     def __init__(self, publisher: Any, cameras: Sequence[str], values: Mapping[str, Any],
-                 logger: Any, count: Count) -> None:
+                 logger: Any, count: Count, space: Optional[LabelSpace] = None) -> None:
         self.publisher = publisher
         self._left, self._right = cameras
+        self._space = None if space is None or space.is_identity else space
         self._log = logger
         self._count = count
         self._lock = threading.Lock()
@@ -121,27 +129,42 @@ class PointsOutput:
         """Whether anybody subscribes to the cloud."""
         return self.publisher.get_subscription_count() > 0
 
+    @property
+    def cameras(self) -> tuple:
+        """(left, right) camera names."""
+        return (self._left, self._right)
+
+    def skip(self, reason: str) -> None:
+        """Count and log (throttled) a cloud that cannot be built for this batch."""
+        self._count('points_skipped')
+        self._log.warning(f'semantic/points not published: {reason}',
+                          throttle_duration_sec=THROTTLE_S)
+
     def publish(self, frames: Mapping[str, Any], left_labels: np.ndarray) -> bool:
         """Publish the cloud of one pair; on any problem count it, log it, return False.
 
         Args:
             frames: camera -> frame with ``rgb`` (HxWx3 uint8) and ``header``.
-            left_labels: HxW uint8 trainIds of the left image.
+            left_labels: HxW uint8 trainIds of the left image (mapped to the label space
+                after the class filter).
         """
         left, right = frames[self._left], frames[self._right]
         shape = left.rgb.shape[:2]
         info_l, info_r = self._info.get(self._left), self._info.get(self._right)
         reason = StereoModel.check(info_l, info_r, shape)
+        if reason is None and right.rgb.shape != left.rgb.shape:
+            reason = (f'{self._left} is {left.rgb.shape[1]}x{left.rgb.shape[0]} but '
+                      f'{self._right} {right.rgb.shape[1]}x{right.rgb.shape[0]}: the stereo '
+                      'pair must be rectified to one size')
         if reason is not None:
-            self._count('points_skipped')
-            self._log.warning(f'semantic/points not published: {reason}',
-                              throttle_duration_sec=THROTTLE_S)
+            self.skip(reason)
             return False
         settings = self._settings  # one read: the worker uses one consistent snapshot
         start = time.perf_counter()
         try:
             model = StereoModel.from_camera_info(info_l, info_r, shape)
-            cloud = semantic_cloud(left.rgb, right.rgb, left_labels, model, settings)
+            cloud = self._in_space(semantic_cloud(left.rgb, right.rgb, left_labels, model,
+                                                  settings), settings)
             msg = cloud_msg(cloud, left.header)
         except Exception as exc:  # noqa: B902 -- cv2.error too: the cloud's problem only
             self._count('points_failed')
@@ -156,6 +179,14 @@ class PointsOutput:
         self.ms.add((time.perf_counter() - start) * 1e3)
         self.published += 1
         return True
+
+    def _in_space(self, cloud: SemanticCloud, settings: StereoParams) -> SemanticCloud:
+        """Give the points the label space's ids (and colours, unless they are the photo's)."""
+        space = self._space
+        if space is None:
+            return cloud
+        rgb = cloud.rgb if settings.color == 'photo' else space.train_palette[cloud.labels]
+        return dataclasses.replace(cloud, labels=space.lut[cloud.labels], rgb=rgb)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -155,7 +155,7 @@ def _node_process(size: Tuple[int, int], input_size: Tuple[int, int], model: str
                   device: str, log) -> subprocess.Popen:
     params = {'model': model, 'weights': "''", 'device': device,
               'input_height': input_size[0], 'input_width': input_size[1],
-              'publish_points': 'true', 'publish_overlay': 'false', 'publish_color': 'false',
+              'publish_overlay': 'false', 'publish_color': 'false',
               'stereo_disparity_range': 32, 'points_downscale': 1}
     cmd = [sys.executable, '-m', 'cityseg_ros.ros.node', '--ros-args', '-r',
            f'__ns:={NAMESPACE}']
@@ -524,7 +524,7 @@ def format_result(result: SoakResult, model: str = 'espnetv2') -> str:
                                      'pairs sent until output'], rows))
     if result.final:
         keys = ('_message', 'rejected_bad_image', 'rejected_too_small', 'rejected_bad_stamp',
-                'rejected_too_large', 'rejected_camera_info', 'rejected_size_mismatch',
+                'rejected_too_large', 'rejected_camera_info', 'rejected_bad_format',
                 'unpaired_images', 'lost_images', 'frame_id_changes', 'last_time_jump',
                 'last_rejected', 'latency_p50_ms', 'inference_p50_ms', 'internal_errors')
         lines.append('final /diagnostics: ' + '; '.join(

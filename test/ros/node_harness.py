@@ -152,7 +152,7 @@ def now_ns(node: Node) -> int:
 FX, FY, CX, CY, BASELINE = 2262.52 / 16, 2265.30 / 16, 1096.98 / 16, 513.14 / 16, 0.209313
 
 POINTS_PARAMS = {
-    'cameras': ['left'], 'publish_points': True, 'publish_color': False,
+    'publish_color': False,
     'publish_overlay': False, 'points_downscale': 1, 'points_decimation': 1,
     'points_min_depth_m': 0.0, 'points_max_depth_m': 1000.0, 'points_drop_classes': [255],
     'stereo_block_size': 3, 'stereo_disparity_range': 16, 'stereo_speckle_window_size': 0,

@@ -79,7 +79,9 @@ def test_no_input():
     level, message = assess(facts({}, publishers={'left': 1, 'right': 1},
                                   reliability={'left': 'best_effort', 'right': 'best_effort'}))
     assert level == WARN and 'have publishers' in message
-    assert 'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA' in message
+    # LARGE_DATA alone lost every 2-megapixel best-effort frame here: the hint is the profile.
+    assert 'FASTRTPS_DEFAULT_PROFILES_FILE=config/fastdds_large_images.xml' in message
+    assert 'LARGE_DATA' not in message
     level, message = assess(facts({'incompatible_qos': 2}))
     assert level == WARN and 'input_reliability:=auto' in message
 

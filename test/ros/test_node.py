@@ -174,7 +174,7 @@ def test_outputs_without_subscribers_are_not_computed(harness, stereo_pair):
     h.publish_pair(stereo_pair, now_ns(h.io))
     assert h.spin_until(lambda: h.received['left/semantic/labels'])
     assert h.seg_node.published == {'left/labels': 1}  # no colour, overlay, confidence, right
-    assert model.calls == [(2, False)]  # confidence not asked for either
+    assert model.calls == [(1, False)]  # right not segmented, confidence not asked for
 
 
 def test_left_only_camera_needs_no_partner(harness, stereo_pair):
@@ -205,27 +205,27 @@ def test_bad_inputs_are_counted_and_later_frames_still_processed(harness, stereo
     truncated.data = truncated.data[:100]
     for msg in (bad_encoding, empty, truncated):
         h.pubs['left'].publish(msg)
-    # A pair whose right image has another size, and a right image with no left partner.
-    small = cv2.resize(right, (WIDTH // 2, HEIGHT // 2))
-    h.publish_pair([left, small], base + 10_000_000)
+    # A right image with no left partner.
     h.pubs['right'].publish(make_image(right, base + 20_000_000, 'right_optical'))
 
     node = h.seg_node
-    assert h.spin_until(lambda: node.counters.get('rejected', 0) == 4)
-    counters = node.counters
-    assert counters['rejected_bad_image'] == 3
-    assert counters['rejected_size_mismatch'] == 1
+    assert h.spin_until(lambda: node.counters.get('rejected', 0) == 3)
+    assert node.counters['rejected_bad_image'] == 3
     assert node.state == 'active' and node.worker.running
 
-    h.publish_pair(stereo_pair, base + 40_000_000)
+    # Cameras of different sizes are segmented each at its own size (a rig mixes resolutions).
+    small = cv2.resize(right, (WIDTH // 2, HEIGHT // 2))
+    h.publish_pair([left, small], base + 40_000_000)
     assert h.spin_until(lambda: h.received['left/semantic/labels']
                         and h.received['right/semantic/labels'])
-    stamp = h.received['left/semantic/labels'][0].header.stamp
-    assert stamp.sec * 10**9 + stamp.nanosec == base + 40_000_000
+    for cam, (height, width) in (('left', (HEIGHT, WIDTH)), ('right', (HEIGHT // 2, WIDTH // 2))):
+        msg = h.received[f'{cam}/semantic/labels'][0]
+        assert (msg.height, msg.width) == (height, width)
+        assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == base + 40_000_000
     assert node.counters['unpaired'] == 1  # the lone right image left the pairer unmatched
     values = {kv.key: kv.value for kv in node.diagnostics().values}
-    assert values['rejected_messages'] == '4'
-    assert values['unpaired_images'] == '1'
+    assert values['rejected_messages'] == '3'
+    assert values['unpaired_images'] == '1' and values['right/unpaired'] == '1'
 
 
 def test_slow_model_under_a_30hz_stream_keeps_latency_bounded(harness, stereo_pair):
@@ -388,7 +388,13 @@ def test_worker_errors_are_counted_and_the_node_goes_on(harness, stereo_pair):
     ('precision', 'fp64', "precision 'fp64' is not one of fp32, fp16, bf16"),
     ('input_height', 512, 'set both'),
     ('input_width', 8, 'too small'),
-    ('cameras', ['right'], "must be ['left', 'right'] or ['left']"),
+    ('cameras', ['left', 'left'], 'names a camera twice'),
+    ('cameras', ['/abs'], "'/abs' is not a relative ROS name"),
+    ('cameras', [f'c{i}' for i in range(17)], 'must name 1 to 16 camera(s), got 17'),
+    ('stereo_cameras', ['left'], 'must name 2 camera(s), got 1'),
+    ('sync', 'approximate', "sync 'approximate' is not one of exact, none"),
+    ('input_transport', 'theora', 'not one of raw, compressed'),
+    ('label_space', 'label_map', "label_space 'label_map' needs label_map"),
     ('input_reliability', 'sometimes', 'not one of auto, best_effort, reliable'),
     ('model', 'hrnet_w48_ocr', 'read-only'),
     ('max_rate_hz', -1.0, 'max_rate_hz'),
@@ -429,7 +435,8 @@ def test_node_params_checks_and_markdown_table():
     params = node_params.NodeParams.from_values({'input_height': 512, 'input_width': 1024,
                                                  'weights': ''})
     assert params.input_size == (512, 1024) and params.weights_arg is None
-    assert params.cameras == ('left', 'right') and params.stereo
+    assert params.cameras == ('left', 'right') and params.points and params.sync == 'exact'
+    assert not node_params.NodeParams.from_values({'cameras': ['front', 'rear']}).points
     with pytest.raises(node_params.ConfigError, match='fp16 needs a CUDA device'):
         node_params.NodeParams.from_values({'precision': 'fp16', 'device': 'cpu'})
     table = node_params.markdown_table()

@@ -300,7 +300,7 @@ def test_a_parameter_change_during_a_cloud_build_is_not_lost(harness, stereo_pai
 # -- hostile messages -----------------------------------------------------------------------------
 
 def test_hostile_messages_are_counted_and_the_node_stays_active(harness, stereo_pair):
-    h = started(harness, publish_points=True)
+    h = started(harness)
     info_pub = h.io.create_publisher(CameraInfo, 'left/camera_info', RELIABLE)
     node = h.seg_node
     assert h.spin_until(lambda: node.count_subscribers(f'{h.ns}/left/camera_info') == 1)
@@ -410,8 +410,9 @@ def test_configure_errors_name_parameters_not_command_line_flags(harness):
 
 
 def test_configure_log_lists_the_point_cloud_output(harness, capfd):
-    h = harness(factory=lambda p: StandIn(), overrides={'publish_points': True})
+    h = harness(factory=lambda p: StandIn())
     h.start()
     err = capfd.readouterr().err
-    assert "outputs ['C/semantic/labels', 'C/semantic/color', 'C/semantic/overlay', " \
+    assert "outputs ['C/semantic/labels', 'C/semantic/labels/compressed', " \
+           "'C/semantic/camera_info', 'C/semantic/color', 'C/semantic/overlay', " \
            "'semantic/points']" in err, err
