@@ -21,13 +21,14 @@ from pathlib import Path
 import time
 from typing import List, Optional
 
+from cityseg_ros.compressed import encode_compressed
 from cityseg_ros.ros.node import SegmentNode
 from cityseg_ros.ros.qos import input_qos
 import numpy as np
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 HEIGHT, WIDTH = 64, 128
 SHARED = Path(__file__).resolve().parents[3] / 'shared'
@@ -85,11 +86,22 @@ def make_image(rgb: np.ndarray, stamp_ns: int, frame_id: str,
     return msg
 
 
+def make_compressed(rgb: np.ndarray, stamp_ns: int, frame_id: str,
+                    codec: str = 'jpeg') -> CompressedImage:
+    """Compress an RGB image as image_transport's compressed publisher does."""
+    msg = CompressedImage()
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.format, data = encode_compressed(rgb, codec, 'rgb8')
+    msg.data = array.array('B', data)
+    return msg
+
+
 class Harness:
-    """A test node beside the segment node: stereo publishers, output subscribers, spinning."""
+    """A test node beside the segment node: camera publishers, output subscribers, spinning."""
 
     def __init__(self, executor, spin, namespace: str, factory=None, overrides=None,
-                 input_qos=RELIABLE) -> None:
+                 input_qos=RELIABLE, cameras=('left', 'right')) -> None:
         self.executor = executor
         self._spin = spin
         self.ns = namespace
@@ -99,17 +111,24 @@ class Harness:
             factory, namespace=namespace,
             parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         self.io = Node('io', namespace=namespace)
-        self.pubs = {cam: self.io.create_publisher(Image, f'{cam}/image_rect_color', input_qos)
-                     for cam in ('left', 'right')}
+        self.compressed = values.get('input_transport') == 'compressed'
+        if self.compressed:
+            self.pubs = {cam: self.io.create_publisher(
+                CompressedImage, f'{cam}/image_rect_color/compressed', input_qos)
+                for cam in cameras}
+        else:
+            self.pubs = {cam: self.io.create_publisher(Image, f'{cam}/image_rect_color',
+                                                       input_qos)
+                         for cam in cameras}
         self.received = defaultdict(list)
         self.subs = {}
         executor.add_node(self.seg_node)
         executor.add_node(self.io)
 
-    def listen(self, *topics: str) -> None:
+    def listen(self, *topics: str, msg_type=Image) -> None:
         for topic in topics:
             self.subs[topic] = self.io.create_subscription(
-                Image, topic, lambda msg, t=topic: self.received[t].append(msg),
+                msg_type, topic, lambda msg, t=topic: self.received[t].append(msg),
                 RELIABLE)
 
     def spin_until(self, predicate, timeout: float = 10.0) -> bool:
@@ -134,9 +153,13 @@ class Harness:
         return [pub for cam, pubs in self.seg_node._outputs.publishers.items()
                 for out, pub in pubs.items() if f'{cam}/semantic/{out}' in names]
 
-    def publish_pair(self, images, stamp_ns: int, cameras=('left', 'right')) -> None:
+    def publish_pair(self, images, stamp_ns: int, cameras=('left', 'right'),
+                     codec: str = 'jpeg') -> None:
         for cam, rgb in zip(cameras, images):
-            self.pubs[cam].publish(make_image(rgb, stamp_ns, f'{cam}_optical'))
+            if self.compressed:
+                self.pubs[cam].publish(make_compressed(rgb, stamp_ns, f'{cam}_optical', codec))
+            else:
+                self.pubs[cam].publish(make_image(rgb, stamp_ns, f'{cam}_optical'))
 
     def close(self) -> None:
         for node in (self.seg_node, self.io):
