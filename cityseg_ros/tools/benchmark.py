@@ -46,6 +46,7 @@ TABLES = {
     'eval': ('cityseg_ros.bench.eval_table', 'Bag evaluator frames/s against cityscapesscripts'),
     'soak': ('cityseg_ros.ros.soak_table',
              'Soak: the node under a 30 Hz stream and a cycle of faults (--duration-s)'),
+    'cameras': ('cityseg_ros.bench.cameras_table', 'N cameras of 1920x1080 into one node'),
 }
 
 #: The quick tables (minutes on 2 CPU cores); hrnet and internimage take tens of minutes.
