@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 import pytest
 import torch
+import torch.nn.functional as F
 
 SMALL = (64, 128)
 
@@ -203,3 +204,106 @@ def test_flip_merge_follows_the_model_protocol(monkeypatch, merge):
                 'softmax': plain.softmax(1) + mirrored.softmax(1),  # mmseg aug_test
                 'logits': plain + mirrored}[merge]
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_input_size_above_the_cap_is_refused_before_allocating():
+    from hostile import run_child
+
+    report = run_child("""
+import json
+from cityseg_ros.engine import Segmenter
+from cityseg_ros.errors import ConfigError
+out = {}
+for size in [(100000, 100000), (8193, 64), (64, 2**40)]:
+    try:
+        Segmenter('espnetv2', weights=None, device='cpu', input_size=size)
+        out[str(size)] = 'built'
+    except ConfigError as exc:
+        out[str(size)] = str(exc)
+seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=(8192, 64))
+out['cap'] = list(seg.input_size)
+print(json.dumps(out))
+""")
+    for size in ['(100000, 100000)', '(8193, 64)', '(64, 1099511627776)']:
+        assert 'at most 8192 px' in report[size] and 'input size' in report[size]
+    assert report['cap'] == [8192, 64]
+
+
+@pytest.mark.parametrize('size', [(64.5, 128), (64,), ('64', 128)])
+def test_malformed_input_size_is_a_config_error(size):
+    with pytest.raises(ConfigError, match='input size'):
+        Segmenter('espnetv2', weights=None, device='cpu', input_size=size)
+
+
+def test_camera_size_caches_stay_bounded(seg):
+    for side in range(20, 44, 2):  # a stream of changing camera sizes
+        seg.predict(_images((side, 2 * side)))
+    assert len(seg._index_cache) <= seg._index_cache.size
+    assert len(seg._label_maker._checked) <= seg._label_maker._checked.size
+
+
+def test_side_by_side_equals_one_after_the_other(seg):
+    images = _images((64, 128), (64, 128), (80, 120), (64, 128), seed=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side = seg.predict(images, confidence=True)
+        seg._parallel_images = False
+        serial = seg.predict(images, confidence=True)
+    finally:
+        seg._parallel_images = True
+        torch.set_num_threads(before)
+    for a, b in zip(side, serial):
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.confidence, b.confidence)
+
+
+def _todays_prediction(model, spec, image, confidence):
+    """Predict one image as the engine did before the fast path, written out plainly.
+
+    Interleaved float batch, antialiased resize to 512x1024, normalisation, the network's
+    modules (fused BatchNorm, two threads), every channel upsampled with align_corners=True,
+    argmax (or softmax max), and OpenCV's pixel-centre nearest neighbour to the camera.
+    """
+    x = torch.from_numpy(image[None]).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(512, 1024), mode='bilinear', align_corners=False,
+                      antialias=True)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    x = ((x - mean) * (1.0 / torch.tensor(spec.std).view(1, 3, 1, 1))).contiguous(
+        memory_format=torch.channels_last)
+    scores = F.interpolate(model(x)[:, :19].float(), size=(512, 1024), mode='bilinear',
+                           align_corners=True)
+    size = (image.shape[1], image.shape[0])
+    if not confidence:
+        labels = scores.argmax(dim=1)[0].to(torch.uint8).numpy()
+        return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST_EXACT), None
+    conf, labels = scores.softmax(dim=1).max(dim=1)
+    labels = cv2.resize(labels[0].to(torch.uint8).numpy(), size,
+                        interpolation=cv2.INTER_NEAREST_EXACT)
+    conf = (conf[0] * 255.0).round().to(torch.uint8).numpy()
+    return labels, cv2.resize(conf, size, interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def test_labels_on_the_real_frames_equal_todays_path(cityscapes_root, espnetv2_weights):
+    files = sorted(cityscapes_root.glob('leftImg8bit/train/*/*.png'))
+    pair = [next(cityscapes_root.glob(f'{side}Img8bit/val/*/*.png')) for side in
+            ('left', 'right')]
+    assert len(files) == 8
+    images = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files + pair]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seg = Segmenter('espnetv2', weights=str(espnetv2_weights), device='cpu')
+        fast = seg.predict(images[:8]) + seg.predict(images[8:])  # 8 frames, then the pair
+        fast_conf = seg.predict(images[8:], confidence=True)
+        seg.net.use_cpu_plan = False  # the modules: today's network
+        with torch.inference_mode():
+            todays = [_todays_prediction(seg.net, seg.spec, im, False) for im in images]
+            todays_conf = [_todays_prediction(seg.net, seg.spec, im, True) for im in images[8:]]
+    finally:
+        torch.set_num_threads(before)
+    for new, (labels, _) in zip(fast, todays):
+        assert np.array_equal(new.labels, labels)
+    for new, (labels, conf) in zip(fast_conf, todays_conf):
+        assert np.array_equal(new.labels, labels)
+        diff = np.abs(new.confidence.astype(int) - conf)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float summation order only

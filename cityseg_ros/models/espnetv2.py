@@ -30,10 +30,14 @@ float rounding (about 1e-5 on the logits):
   computed as a sum of depth-wise convolutions, which avoids two copies of the decoder's
   largest tensor. Training mode keeps upstream's path, so the merge BatchNorm trains.
 
-``ESPNetv2.fuse_bn`` optionally folds BatchNorm into the convolutions for faster inference.
+``ESPNetv2.fuse_bn`` optionally folds BatchNorm into the convolutions for faster inference;
+after it, CPU inference runs the same operations through a flat plan (``_Plan``) that gives the
+same logits bit for bit with less overhead, whatever the number of threads.
 """
 
+from dataclasses import dataclass
 import math
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -68,6 +72,8 @@ DECODER_WIDTH = 16
 # and the smallest side a pooled map may have.
 PYRAMID_SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
 PYRAMID_MIN_SIZE = 5
+# Guards the lazily built CPU inference plan (several engine threads may run one model).
+_PLAN_LOCK = threading.Lock()
 
 
 def _pool_half(x: torch.Tensor) -> torch.Tensor:
@@ -453,6 +459,9 @@ class ESPNetv2(nn.Module):
     """
 
     output_stride = 2
+    #: After ``fuse_bn``, run single-process CPU inference through :class:`_Plan` (the same
+    #: operations, bit for bit, with less overhead); False runs the modules (the reference).
+    use_cpu_plan = True
 
     def __init__(self, s: float = 2.0, num_classes: int = 20, decoder_width: int = DECODER_WIDTH):
         """Build the network with PyTorch's default initialisation.
@@ -480,6 +489,9 @@ class ESPNetv2(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self._plan_for(x)
+        if plan is not None:
+            return plan(x)
         l1, l2, l3, l4 = self.base_net(x)
         y = self.bu_dec_l1(l4)
         y = self.bu_dec_l2(self.bu_br_l2(self.merge_enc_dec_l2(l3) + _upsample_to(y, l3)))
@@ -498,7 +510,259 @@ class ESPNetv2(nn.Module):
         for module in list(self.modules()):
             if module is not self and hasattr(module, 'fuse_bn'):
                 module.fuse_bn()
+        self._fused = True
         return self
+
+    def _plan_for(self, x: torch.Tensor) -> Optional['_Plan']:
+        """Return the CPU inference plan when it applies (fused, eval, no grad, float32)."""
+        if (not self.use_cpu_plan or not getattr(self, '_fused', False) or self.training
+                or x.device.type != 'cpu'
+                or x.dtype != torch.float32 or torch.is_grad_enabled()
+                or torch.is_autocast_enabled('cpu') or not torch.backends.mkldnn.is_available()):
+            return None
+        # Rebuilt when a tensor changes (in-place edits bump its version counter).
+        key = tuple((id(t), _version(t)) for t in (*self.parameters(), *self.buffers()))
+        with _PLAN_LOCK:
+            if getattr(self, '_plan_key', None) != key:
+                self._plan = _Plan(self)
+                self._plan_key = key
+            return self._plan
+
+
+# Inference on CPU: the same operations as the modules above after ``fuse_bn``, called directly.
+
+
+@dataclass(frozen=True)
+class _Conv:
+    """A convolution's tensors and geometry, as the inference path calls it."""
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    stride: list
+    padding: list
+    dilation: list
+    groups: int
+
+    @staticmethod
+    def of(conv: nn.Conv2d, weight: Optional[torch.Tensor] = None,
+           groups: Optional[int] = None) -> '_Conv':
+        w = conv.weight if weight is None else weight
+        return _Conv(w.detach().contiguous(),
+                     None if conv.bias is None else conv.bias.detach().contiguous(),
+                     list(conv.stride), list(conv.padding), list(conv.dilation),
+                     conv.groups if groups is None else groups)
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor (made under inference_mode) has no counter
+        return -1
+
+
+def _mkldnn_rule(x: torch.Tensor, c: _Conv) -> bool:
+    # ATen's ConvParams::use_mkldnn with more than one intra-op thread (Convolution.cpp), so
+    # that a worker running on one thread picks the same kernel, and the same bits, as two.
+    return (c.groups > 1 or (c.weight.shape[-1] > 3 and c.weight.shape[-2] > 3)
+            or x.shape[0] > 1 or x.numel() > 20480)
+
+
+def _conv(x: torch.Tensor, c: _Conv) -> torch.Tensor:
+    if _mkldnn_rule(x, c):
+        return torch.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, c.dilation,
+                                        c.groups)
+    return F.conv2d(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+def _regrouped(conv: nn.Conv2d, groups: int) -> _Conv:
+    """Return the grouped convolution as fewer, larger groups (zero weights between them).
+
+    oneDNN runs a 16-group 3x3 convolution of 8 -> 3 channels per group with a generic kernel
+    that is slower than the same one as 4 groups of 32 -> 12 channels, zeros included; the
+    result is bit-identical (the zeros add exact zeros, in the same order).
+    """
+    out_ch, in_per = conv.weight.shape[:2]
+    ratio = conv.groups // groups
+    out_per = out_ch // conv.groups
+    weight = conv.weight.new_zeros(out_ch, in_per * ratio, *conv.weight.shape[2:])
+    for g in range(conv.groups):
+        k = g % ratio
+        weight[g * out_per:(g + 1) * out_per, k * in_per:(k + 1) * in_per] = \
+            conv.weight[g * out_per:(g + 1) * out_per]
+    return _Conv.of(conv, weight=weight, groups=groups)
+
+
+def _prelu(act: nn.PReLU) -> torch.Tensor:
+    return act.weight.detach().contiguous()
+
+
+def _bn(bn: nn.BatchNorm2d) -> tuple:
+    return (bn.running_mean, bn.running_var, bn.weight.detach(), bn.bias.detach(), bn.eps)
+
+
+def _batch_norm(x: torch.Tensor, bn: tuple) -> torch.Tensor:
+    mean, var, weight, bias, eps = bn
+    return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+
+def _avg_pool(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    # adaptive_avg_pool2d to an exact divisor is avg_pool2d, bit for bit, and faster.
+    h, w = x.shape[-2:]
+    if h % size[0] == 0 and w % size[1] == 0:
+        return F.avg_pool2d(x, (h // size[0], w // size[1]))
+    return F.adaptive_avg_pool2d(x, size)
+
+
+class _EespPlan:
+    def __init__(self, m: EESP) -> None:
+        self.proj = _Conv.of(m.proj_1x1.conv)
+        self.proj_act = _prelu(m.proj_1x1.act)
+        self.dw = [_Conv.of(c.conv) for c in m.spp_dw]
+        self.bn = _bn(m.br_after_cat.bn)
+        self.act = _prelu(m.br_after_cat.act)
+        self.exp = _Conv.of(m.conv_1x1_exp.conv)
+        self.module_act = _prelu(m.module_act)
+        self.stride, self.residual = m.stride, m.residual
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = F.prelu(_conv(x, self.proj), self.proj_act)
+        # Hierarchical fusion written straight into the concatenation's slices.
+        first = _conv(reduced, self.dw[0])
+        width = first.shape[1]
+        cat = torch.empty((first.shape[0], width * len(self.dw), *first.shape[2:]),
+                          dtype=first.dtype, device=first.device,
+                          memory_format=torch.channels_last)
+        prev = cat[:, :width]
+        prev.copy_(first)
+        for k, dw in enumerate(self.dw[1:], 1):
+            part = cat[:, k * width:(k + 1) * width]
+            torch.add(_conv(reduced, dw), prev, out=part)
+            prev = part
+        out = _conv(F.prelu(_batch_norm(cat, self.bn), self.act), self.exp)
+        if self.stride == 2:
+            return out
+        if self.residual:
+            out.add_(x)
+        return F.prelu(out, self.module_act)
+
+
+class _DownPlan:
+    def __init__(self, m: DownSampler) -> None:
+        self.eesp = _EespPlan(m.eesp)
+        self.reinf_conv = _Conv.of(m.inp_reinf[0].conv)
+        self.reinf_act = _prelu(m.inp_reinf[0].act)
+        self.reinf_proj = _Conv.of(m.inp_reinf[1].conv)
+        self.act = _prelu(m.act)
+
+    def __call__(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        out = _conv(F.prelu(_conv(image, self.reinf_conv), self.reinf_act), self.reinf_proj)
+        # out = cat([avg(x), eesp(x)]) + reinf(image), without the concatenation.
+        n = x.shape[1]
+        out[:, :n].add_(F.avg_pool2d(x, 3, 2, 1))
+        out[:, n:].add_(self.eesp(x))
+        return F.prelu(out, self.act)
+
+
+class _PyrPlan:
+    def __init__(self, m: EfficientPyrPool) -> None:
+        self.proj = _Conv.of(m.projection_layer.cbr[0])
+        self.proj_act = _prelu(m.projection_layer.cbr[2])
+        self.scales = m.scales
+        self.stages = [_Conv.of(s) for s in m.stages]
+        act = m.merge_layer[0].br[1]
+        conv, conv_act = m.merge_layer[2].cbr[0], m.merge_layer[2].cbr[2]
+        width = conv.out_channels
+        self.level_acts = [act.weight[j * width:(j + 1) * width].detach().contiguous()
+                           for j in range(len(self.stages))]
+        self.merge = [_Conv.of(conv, weight=conv.weight[:, j:j + 1]) for j in
+                      range(len(self.stages))]
+        self.merge = [self.merge[0]] + [
+            _Conv(c.weight, None, c.stride, c.padding, c.dilation, c.groups)
+            for c in self.merge[1:]]
+        self.merge_act = _prelu(conv_act)
+        self.out = _Conv.of(m.merge_layer[3])
+        self.out_act = None if m.br is None else _prelu(m.br.br[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.prelu(_conv(x, self.proj), self.proj_act)
+        height, width = x.shape[-2:]
+        out = None
+        for j, (scale, stage) in enumerate(zip(self.scales, self.stages)):
+            size = (max(math.ceil(height * scale), PYRAMID_MIN_SIZE),
+                    max(math.ceil(width * scale), PYRAMID_MIN_SIZE))
+            if scale < 1.0:
+                y = _conv(_avg_pool(x, size), stage)
+                y = F.interpolate(y, (height, width), mode='bilinear', align_corners=True)
+            elif scale > 1.0:
+                y = _conv(F.interpolate(x, size, mode='bilinear', align_corners=True), stage)
+                y = _avg_pool(y, (height, width))
+            else:
+                y = _conv(x, stage)
+            y = _conv(F.prelu(y, self.level_acts[j]), self.merge[j])
+            out = y if out is None else out.add_(y)
+        out = _conv(F.prelu(out, self.merge_act), self.out)
+        return out if self.out_act is None else F.prelu(out, self.out_act)
+
+
+class _PwPlan:
+    def __init__(self, m: EfficientPWConv, groups: Optional[int] = None) -> None:
+        conv = m.expansion_layer.cbr[0]
+        self.exp = _regrouped(conv, groups) if groups else _Conv.of(conv)
+        self.exp_act = _prelu(m.expansion_layer.cbr[2])
+        self.gate = _Conv.of(m.wt_layer[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(_conv(F.adaptive_avg_pool2d(x, 1), self.gate))
+        return F.prelu(_conv(x, self.exp), self.exp_act).mul_(gate)
+
+
+class _Plan:
+    """ESPNetv2 after ``fuse_bn`` as plain function calls, for single images on CPU.
+
+    The operations and their order are the modules' (see ``test_espnetv2.py``: the logits are
+    bit-identical), minus what costs time without changing a bit: module-call overhead, the
+    concatenations (results are written into slices of one tensor), out-of-place sums, the
+    adaptive poolings that are plain 2x2 poolings, and a slow grouped-convolution layout. Every
+    convolution takes the kernel ATen picks with several threads, so one thread or two give the
+    same logits.
+    """
+
+    def __init__(self, model: 'ESPNetv2') -> None:
+        base = model.base_net
+        self.level1 = _Conv.of(base.level1.conv)
+        self.level1_act = _prelu(base.level1.act)
+        self.level2_0 = _DownPlan(base.level2_0)
+        self.level3_0 = _DownPlan(base.level3_0)
+        self.level3 = [_EespPlan(b) for b in base.level3]
+        self.level4_0 = _DownPlan(base.level4_0)
+        self.level4 = [_EespPlan(b) for b in base.level4]
+        self.dec = [_PyrPlan(m) for m in (model.bu_dec_l1, model.bu_dec_l2, model.bu_dec_l3,
+                                          model.bu_dec_l4)]
+        pw3 = model.merge_enc_dec_l3.expansion_layer.cbr[0]
+        self.merge = [_PwPlan(model.merge_enc_dec_l2),
+                      _PwPlan(model.merge_enc_dec_l3,
+                              4 if pw3.groups > 4 and pw3.groups % 4 == 0 else None),
+                      _PwPlan(model.merge_enc_dec_l4)]
+        self.br = [(_bn(m[0]), _prelu(m[1]))
+                   for m in (model.bu_br_l2, model.bu_br_l3, model.bu_br_l4)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        image4 = _pool_half(_pool_half(x))
+        image8 = _pool_half(image4)
+        image16 = _pool_half(image8)
+        l1 = F.prelu(_conv(x, self.level1), self.level1_act)
+        l2 = self.level2_0(l1, image4)
+        l3 = self.level3_0(l2, image8)
+        for block in self.level3:
+            l3 = block(l3)
+        l4 = self.level4_0(l3, image16)
+        for block in self.level4:
+            l4 = block(l4)
+        y = self.dec[0](l4)
+        for skip, merge, (bn, act), dec in zip((l3, l2, l1), self.merge, self.br, self.dec[1:]):
+            z = merge(skip).add_(_upsample_to(y, skip))
+            y = dec(F.prelu(_batch_norm(z, bn), act))
+        return y
 
 
 def espnetv2_city(s: float = 2.0, num_classes: int = 20) -> ESPNetv2:

@@ -14,6 +14,7 @@
 
 """ESPNetv2: the official EdgeNets checkpoints load strictly and the network runs at any size."""
 
+import copy
 import math
 
 from cityseg_ros.models.espnetv2 import ESPNetv2, espnetv2_city
@@ -165,3 +166,95 @@ def test_official_weights_segment_a_real_frame(shared, cityscapes_root):
     # 0.906 measured (a training frame); random weights score about 0.05.
     assert (labels[valid] == gt[valid]).mean() > 0.85
     assert not (labels == 19).any()  # EdgeNets' untrained "background" channel never wins
+
+
+def _fused_pair(seed: int = 0):
+    """Return a fused model with non-trivial BatchNorms, and a copy that runs its modules."""
+    torch.manual_seed(seed)
+    model = espnetv2_city().eval()
+    _randomize_batchnorm(model, seed)
+    model.fuse_bn().to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(model)
+    reference.use_cpu_plan = False
+    return model, reference
+
+
+@pytest.mark.parametrize('height, width', [(64, 128), (65, 129), (96, 160)])
+@pytest.mark.parametrize('threads', [1, 2])
+def test_cpu_plan_logits_are_bit_identical_to_the_modules(height, width, threads):
+    model, reference = _fused_pair()
+    x = torch.randn(1, 3, height, width).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            expected = reference(x)  # the modules with two threads: ATen's kernel choice
+            torch.set_num_threads(threads)
+            plan = model(x)
+    finally:
+        torch.set_num_threads(before)
+    assert model._plan is not None  # the plan ran
+    assert torch.equal(plan, expected)
+
+
+def test_cpu_plan_is_bit_identical_on_a_real_frame(shared, cityscapes_root):
+    cv2 = pytest.importorskip('cv2')
+    stem = 'train/aachen/aachen_000000_000019'
+    bgr = cv2.imread(str(cityscapes_root / 'leftImg8bit' / f'{stem}_leftImg8bit.png'))
+    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (1024, 512),
+                     interpolation=cv2.INTER_AREA)
+    x = (rgb.astype(np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    x = torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+    x = x.contiguous(memory_format=torch.channels_last)
+    model = espnetv2_city(s=2.0).eval()
+    model.load_state_dict(_load_official(shared, 'espnetv2_s_2.0_city_1024x512.pth'))
+    model.fuse_bn().to(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            model.use_cpu_plan = False
+            expected = model(x)
+            model.use_cpu_plan = True
+            torch.set_num_threads(1)
+            plan = model(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(plan, expected)
+
+
+def test_cpu_plan_follows_in_place_weight_changes():
+    model, _ = _fused_pair()
+    x = torch.randn(1, 3, 64, 128).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        before = model(x)
+    with torch.no_grad():
+        model.bu_dec_l4.merge_layer[3].bias[3] += 5.0
+    with torch.inference_mode():
+        after = model(x)
+    torch.testing.assert_close(after[:, 3] - before[:, 3], torch.full_like(after[:, 3], 5.0))
+
+
+def test_cpu_plan_is_not_used_for_training_grad_or_unfused_models():
+    model, _ = _fused_pair()
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        assert model._plan_for(x) is not None
+    assert model._plan_for(x) is None  # gradients enabled
+    with torch.no_grad():
+        assert espnetv2_city().eval()._plan_for(x) is None  # not fused
+        assert model._plan_for(x.double()) is None
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert model._plan_for(x) is None
+        model.train()
+        assert model._plan_for(x) is None
+
+
+def test_regrouped_convolution_is_bit_identical():
+    from cityseg_ros.models.espnetv2 import _conv, _Conv, _regrouped
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(128, 48, 3, padding=1, groups=16).eval()
+    x = torch.randn(1, 128, 40, 72).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(_conv(x, _regrouped(conv, 4)), _conv(x, _Conv.of(conv)))
