@@ -49,12 +49,15 @@ class LatestFrames:
 
     Args:
         cameras: the camera names (the only keys ever accepted).
+        keep_newest: cameras whose newest frame stays available after the worker took it
+            (:meth:`newest`; the stereo partner of a cloud); the others' frames are let go.
     """
 
-    def __init__(self, cameras: Iterable[str]) -> None:
+    def __init__(self, cameras: Iterable[str], keep_newest: Iterable[str] = ()) -> None:
         self._cameras = tuple(cameras)
         if not self._cameras or len(set(self._cameras)) != len(self._cameras):
             raise ValueError(f'cameras must be unique and not empty, got {self._cameras!r}')
+        self._keep = frozenset(keep_newest)
         self._lock = threading.Lock()
         self._pending: Dict[str, Any] = {}
         self._newest: Dict[str, Any] = {}
@@ -84,7 +87,8 @@ class LatestFrames:
             if camera in self._pending:
                 self._dropped[camera] += 1
             self._pending[camera] = frame
-            self._newest[camera] = frame
+            if camera in self._keep:
+                self._newest[camera] = frame
             if ready and not self._ticket:
                 self._ticket = True
                 return True
@@ -101,7 +105,7 @@ class LatestFrames:
             return frames
 
     def newest(self, camera: str) -> Optional[Any]:
-        """Return the newest frame ``camera`` ever sent (taken or not), None before the first."""
+        """Return the newest frame of a ``keep_newest`` camera (taken or not), else None."""
         with self._lock:
             return self._newest.get(camera)
 

@@ -42,11 +42,12 @@ def test_a_frame_held_back_by_the_rate_waits_and_a_later_one_asks_for_the_ticket
 
 
 def test_newest_survives_take_and_clear_counts_what_waited():
-    latest = LatestFrames(CAMS[:2])
+    latest = LatestFrames(CAMS[:2], keep_newest=CAMS[:2])
     latest.put('front', 'f0')
     assert latest.take() == {'front': 'f0'}
     assert latest.newest('front') == 'f0' and latest.newest('front_left') is None
     latest.put('front_left', 'l0')
+    assert LatestFrames(CAMS[:2]).newest('front') is None  # kept only when asked for
     latest.clear()
     assert latest.dropped()['front_left'] == 1 and latest.newest('front') is None
     assert latest.put('front', 'f1') is True  # clear() also forgets an outstanding ticket

@@ -218,7 +218,9 @@ class SegmentNode(LifecycleNode):
         self._params, self._seg = params, seg
         self._pairer = LivePairer(params.cameras, params.pair_tolerance_ms, log,
                                   self._count, self._lost, sync=params.sync)
-        self._latest = LatestFrames(params.cameras) if params.sync == 'none' else None
+        # sync none: the cloud pairs a left frame with the newest right one.
+        self._latest = (LatestFrames(params.cameras, params.stereo_cameras[1:] if params.points
+                                     else ()) if params.sync == 'none' else None)
         self._infos = {}
         if params.input_transport == 'compressed':
             self._decoder = DecodeStage(self._decode, self._on_decoded, self._on_decode_error,

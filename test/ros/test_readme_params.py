@@ -25,3 +25,14 @@ def test_readme_parameter_table_is_current():
     assert markdown_table() in README.read_text(), (
         'README.md parameter table is stale: paste the output of '
         'python -c "from cityseg_ros.ros.params import markdown_table; print(markdown_table())"')
+
+
+def test_readme_topic_table_is_current_and_names_every_output():
+    from cityseg_ros.ros.outputs import OUTPUTS
+    from cityseg_ros.ros.topics import markdown_topics
+    assert markdown_topics() in README.read_text(), (
+        'README.md topic table is stale: paste the output of '
+        'python -c "from cityseg_ros.ros.topics import markdown_topics; print(markdown_topics())"')
+    for name in OUTPUTS:
+        assert f'`C/semantic/{name}`' in markdown_topics(), name
+    assert 'never JPEG for labels' in markdown_topics()
