@@ -33,16 +33,16 @@ TOPICS: Tuple[Tuple[str, str, str, str], ...] = (
      '`input_depth`', 'rectified input (`input_transport: raw`)'),
     ('`C/image_rect_color/compressed`', 'sensor_msgs/CompressedImage',
      "JPEG or PNG, `format` as image_transport's compressed plugin writes it (`rgb8; jpeg "
-     "compressed bgr8`, `mono8; png compressed `, old-style `jpeg`/`png`); QoS as raw",
+     'compressed bgr8`, `mono8; png compressed `, old-style `jpeg`/`png`); QoS as raw',
      'rectified input (`input_transport: compressed`), decoded on `decode_threads`'),
     ('`C/camera_info`', 'sensor_msgs/CameraInfo',
      'as the images; the latest valid one is used (its stamp is not matched)',
-     'calibration: republished as `C/semantic/camera_info`, and the stereo pair\'s for '
+     "calibration: republished as `C/semantic/camera_info`, and the stereo pair's for "
      '`semantic/points`'),
     ('`C/semantic/labels`', 'sensor_msgs/Image', 'mono8, reliable',
      'ids of `label_space` at the input size: `trainid` 0..18 and 255 = ignore (default), '
      '`labelid` Cityscapes labelIds (7 road .. 33 bicycle, 0 = unlabeled), `category` 1 flat '
-     '.. 7 vehicle (0 = void), or the `label_map` file\'s ids'),
+     ".. 7 vehicle (0 = void), or the `label_map` file's ids"),
     ('`C/semantic/labels/compressed`', 'sensor_msgs/CompressedImage',
      "PNG, `format` `mono8; png compressed ` (image_transport's), reliable",
      'the same ids, lossless (decodes to exactly `C/semantic/labels`); never JPEG for labels'),
