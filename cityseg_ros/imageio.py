@@ -352,12 +352,35 @@ def probe_file(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
     size = _check_file(path, max_pixels)
     head = _read_bytes(path, _PROBE_PREFIX)
     try:
-        return _probe(memoryview(head), max_pixels, str(path))
+        info = _probe(memoryview(head), max_pixels, str(path))
     except _Truncated:
         if len(head) >= size:
             raise ImageError(f'{path} is truncated: the file ends inside the image header') \
                 from None
-    return probe_image(_read_bytes(path), max_pixels, str(path))
+        info = probe_image(_read_bytes(path), max_pixels, str(path))
+    _check_end(path, info.codec, size)
+    return info
+
+
+#: Bytes at the end of a file searched for a JPEG's end-of-image marker (encoders may pad).
+_JPEG_TAIL = 4096
+
+
+def _check_end(path: Path, codec: str, size: int) -> None:
+    """Refuse a PNG without its IEND chunk or a JPEG without EOI: a file cut short."""
+    if codec not in ('png', 'jpeg'):
+        return
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(0, size - _JPEG_TAIL))
+            tail = f.read()
+    except OSError as exc:
+        raise ImageError(f'{path} cannot be read: {exc.strerror or exc}') from None
+    complete = (tail.endswith(b'IEND\xaeB`\x82') if codec == 'png'
+                else b'\xff\xd9' in tail)
+    if not complete:
+        raise ImageError(f'{path} is truncated: the {codec.upper()} data has no end marker '
+                         '(not a readable image); copy the file again')
 
 
 def read_rgb(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -41,6 +41,39 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
                 _one_line_errors(sub)
 
 
+class _StdStream(logging.Handler):
+    """Write records to ``sys.stdout``/``sys.stderr`` as they are at emit time (tests swap them).
+
+    Progress (info, debug) goes to stdout, warnings and errors to stderr.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter('%(levelname)s %(name)s: %(message)s'))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + '\n')
+            stream.flush()
+        except Exception:  # noqa: B902 -- logging must never raise into the tool
+            self.handleError(record)
+
+
+def _route_logging(level: int) -> None:
+    """Log progress to stdout and problems to stderr (the tools' one error line goes there too).
+
+    Tools check every input before they build a model or write a file, so bad input gives the
+    error line alone, not a warning logged on the way in front of it.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StdStream):
+            root.removeHandler(handler)
+    root.addHandler(_StdStream())
+    root.setLevel(level)
+
+
 def _one_line(text: str) -> str:
     return ' '.join(str(text).split())
 
@@ -56,8 +89,7 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
     parser = build_parser()
     _one_line_errors(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO,
-                        format='%(levelname)s %(name)s: %(message)s')
+    _route_logging(logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO)
     try:
         return run(args)
     except CitysegError as exc:

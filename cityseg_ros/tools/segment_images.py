@@ -27,7 +27,7 @@ from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
-from cityseg_ros.engine import PRECISIONS, Segmenter, TTA_MODES
+from cityseg_ros.engine import MIN_IMAGE_SIDE, PRECISIONS, Segmenter, TTA_MODES
 from cityseg_ros.errors import ConfigError, ImageError
 from cityseg_ros.imageio import find_images, MAX_IMAGE_PIXELS, probe_file, read_rgb, write_png
 from cityseg_ros.labels import train_ids_to_label_ids
@@ -212,7 +212,13 @@ def _inputs(args: argparse.Namespace) -> list:
     # Check every file's header before loading a model: a bad file 500 images in should not
     # cost a run, and nothing above --max-image-pixels is ever decoded.
     for path in paths:
-        probe_file(path, args.max_image_pixels)
+        info = probe_file(path, args.max_image_pixels)
+        if min(info.width, info.height) < MIN_IMAGE_SIDE:
+            raise ImageError(f'{path} is {info.width}x{info.height} pixels; the smallest '
+                             f'accepted side is {MIN_IMAGE_SIDE} px')
+        if info.bit_depth > 8:
+            raise ImageError(f'{path} is a {info.bit_depth}-bit image; convert it to 8-bit '
+                             'RGB first')
     return paths
 
 
@@ -228,8 +234,8 @@ def run(args: argparse.Namespace) -> int:
             if os.path.realpath(f'{stem}{suffix}') in inputs:
                 raise ImageError(f'output {stem}{suffix} is also an input; choose another '
                                  '--out')
+    _make_dir(args.out)  # before the model: a bad --out is found in a second
     seg = segmenter_from_args(args)
-    _make_dir(args.out)
     with tqdm(total=len(paths), unit='img', disable=args.quiet, file=sys.stderr) as bar:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]

@@ -94,9 +94,10 @@ def test_bad_images_exit_2_with_one_line(tmp_path, capsys, bad_inputs, case, mes
     assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_weights_file_exit_2(tmp_path, capsys, bad_inputs):
-    code, err = _run(capsys, '--weights', tmp_path / 'nope.pth', '--out', tmp_path,
-                     bad_inputs['tiny'])
+def test_missing_weights_file_exit_2(tmp_path, capsys):
+    src = tmp_path / 'img.png'
+    write_png(src, np.zeros((64, 128, 3), np.uint8))
+    code, err = _run(capsys, '--weights', tmp_path / 'nope.pth', '--out', tmp_path / 'o', src)
     assert code == 2 and 'nope.pth' in err and 'Traceback' not in err
 
 
