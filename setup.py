@@ -45,10 +45,17 @@ EXTRAS = {
         'flake8-builtins', 'flake8-comprehensions', 'flake8-docstrings',
         'flake8-import-order', 'flake8-quotes',
     ],
+    # Optional inference backends (cityseg_ros.backends): onnx + onnxscript for torch's dynamo
+    # exporter (export_model), onnxruntime for the graph. On a GPU machine install
+    # onnxruntime-gpu instead of onnxruntime (both provide the onnxruntime module).
+    'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.5'],
+    'openvino': ['onnx>=1.16', 'onnxscript>=0.5', 'openvino>=2024.4'],
+    'tensorrt': ['onnx>=1.16', 'onnxscript>=0.5', 'tensorrt>=10.0'],
 }
 SCRIPTS = ['segment_node=cityseg_ros.ros.node:main'] + [
     f'{tool}=cityseg_ros.tools.{tool}:main'
-    for tool in ('segment_images', 'make_bag', 'evaluate', 'fetch_weights', 'benchmark', 'train')
+    for tool in ('segment_images', 'make_bag', 'evaluate', 'fetch_weights', 'benchmark', 'train',
+                 'export_model')
 ]
 
 setup(

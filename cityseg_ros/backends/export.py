@@ -128,7 +128,7 @@ def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int
     if batch < 1:
         raise ConfigError(f'batch {batch} must be >= 1')
     h, w = (int(v) for v in input_size)
-    if next(net.parameters()).device.type != 'cpu':
+    if any(p.device.type != 'cpu' for p in net.parameters()):
         raise ConfigError('export_onnx needs the network on the CPU')
     out = Path(out)
     name = getattr(net, 'zoo_name', type(net).__name__)

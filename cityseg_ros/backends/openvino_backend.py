@@ -90,7 +90,9 @@ class OpenVinoBackend(GraphBackend):
             model = self._core.read_model(str(graph))
             model.reshape({INPUT_NAME: [n, 3, h, w]})
             compiled = self._core.compile_model(model, 'CPU', config)
-            (tmp / BLOB_FILE).write_bytes(compiled.export_model().getvalue())
+            blob = compiled.export_model()  # BytesIO in 2025+, bytes before
+            (tmp / BLOB_FILE).write_bytes(blob.getvalue() if hasattr(blob, 'getvalue')
+                                          else bytes(blob))
             built['compiled'] = compiled
         entry = self.cache.get_or_build(key, build, progress=self._say,
                                         what=f'OpenVINO {self.precision} model for {n}x3x{h}x{w}')

@@ -40,12 +40,12 @@ from rclpy.executors import MultiThreadedExecutor
 NODE_NAMESPACE = 'cityseg_bench'
 
 
-def _node_process(model: str, device: str) -> subprocess.Popen:
+def _node_process(model: str, device: str, backend: str = 'torch') -> subprocess.Popen:
     env = dict(os.environ)
     env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
     cmd = [sys.executable, '-m', 'cityseg_ros.ros.node', '--ros-args',
            '-r', f'__ns:=/{NODE_NAMESPACE}', '-p', f'model:={model}', '-p', "weights:=''",
-           '-p', f'device:={device}',
+           '-p', f'device:={device}', '-p', f'backend:={backend}',
            '-p', 'publish_color:=false', '-p', 'publish_overlay:=false']
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -72,10 +72,10 @@ def _wait(predicate, timeout: float) -> bool:
 
 
 def run(runs: int = 5, model: str = 'espnetv2', device: str = 'auto',
-        size: tuple = (1024, 2048)) -> str:
+        size: tuple = (1024, 2048), backend: str = 'torch') -> str:
     """Measure forward time in-process, then end-to-end latency through a node process."""
     frames = synthetic_stereo(2, size)
-    seg = Segmenter(model, weights=None, device=device)
+    seg = Segmenter(model, weights=None, device=device, backend=backend)
     batch = list(frames[0])
     forward = time_call(lambda: seg.predict(batch), warmup=1, runs=max(2, runs // 2))
     device_used = str(seg.device)
@@ -84,7 +84,7 @@ def run(runs: int = 5, model: str = 'espnetv2', device: str = 'auto',
     env_set = 'FASTDDS_BUILTIN_TRANSPORTS' not in os.environ
     if env_set:  # this process publishes 2-megapixel images too
         os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
-    proc = _node_process(model, device)
+    proc = _node_process(model, device, backend)
     rclpy.init()
     player = rclpy.create_node('cityseg_bench_player', namespace=NODE_NAMESPACE)
     executor = MultiThreadedExecutor()
@@ -119,7 +119,7 @@ def run(runs: int = 5, model: str = 'espnetv2', device: str = 'auto',
             proc.kill()
         if env_set:
             del os.environ['FASTDDS_BUILTIN_TRANSPORTS']
-    label = f'{model} {size[1]}x{size[0]} stereo pair, {device_used}'
+    label = f'{model} {size[1]}x{size[0]} stereo pair, {device_used}, {backend}'
     if error:
         return markdown_table(['setup', 'error'], [[label, error]])
     e2e50, e2e95 = recorder.latency.percentile(50), recorder.latency.percentile(95)

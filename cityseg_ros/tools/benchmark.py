@@ -14,8 +14,10 @@
 
 """benchmark: print the performance tables as markdown (numbers, never asserts).
 
-Tables: ``forward`` (model forward per model/precision), plus the tables other modules add
-(render, node, eval, ...). Example: ``benchmark --tables forward render --runs 5``.
+Tables: ``forward`` (model forward per model/precision), ``backends`` (torch, ONNX Runtime,
+OpenVINO, TensorRT side by side), plus the tables other modules add (render, node, eval, ...).
+Example: ``benchmark --tables forward backends render --runs 5``. ``--backends`` picks the
+backends of the ``backends`` table and runs the ``node`` table once per backend.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from cityseg_ros.backends import BACKENDS
 from cityseg_ros.bench.timing import environment_line
 from cityseg_ros.errors import ConfigError
 from cityseg_ros.models.zoo import model_names
@@ -33,6 +36,8 @@ from cityseg_ros.tools.segment_images import parse_size
 #: cityseg_ros.ros because it needs rclpy; it is imported only when asked for.
 TABLES = {
     'forward': ('cityseg_ros.bench.forward_table', 'Model forward time'),
+    'backends': ('cityseg_ros.bench.backends_table',
+                 'Backends side by side (reference: the fp32 torch path)'),
     'render': ('cityseg_ros.bench.render_table', 'Render and message encode per 2048x1024 frame'),
     'hrnet': ('cityseg_ros.bench.hrnet_table',
               'HRNet-W48+OCR forward against the official code (CPU, peak memory)'),
@@ -50,7 +55,7 @@ TABLES = {
 }
 
 #: The quick tables (minutes on 2 CPU cores); hrnet and internimage take tens of minutes.
-DEFAULT_TABLES = ['forward', 'render', 'node', 'stereo', 'metrics', 'eval']
+DEFAULT_TABLES = ['forward', 'backends', 'render', 'node', 'stereo', 'metrics', 'eval']
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--runs', type=int, default=5, help='timed runs per row')
     parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--backends', nargs='+', choices=BACKENDS, default=None,
+                        help='backends of the backends table (default: all for the device); '
+                             'the node table runs once per backend (default: torch)')
     parser.add_argument('--duration-s', type=float, default=600.0,
                         help='length of the soak table run, seconds (default 600)')
     parser.add_argument('--sizes', nargs='+', type=parse_size, metavar='HxW',
@@ -83,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
             kwargs.update(models=args.models, device=args.device, batch_size=args.batch_size)
         elif table == 'node':
             kwargs.update(model=args.models[0], device=args.device)
+        elif table == 'backends':
+            kwargs.update(models=args.models, device=args.device, backends=args.backends)
         elif table == 'eval':
             kwargs.update(device=args.device)
         elif table == 'soak':
@@ -91,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         if table in ('hrnet', 'internimage'):
             for size in args.sizes:
                 print(module.run(size=size, **kwargs), flush=True)
+        elif table == 'node':
+            for backend in args.backends or ['torch']:
+                print(module.run(backend=backend, **kwargs), flush=True)
         else:
             print(module.run(**kwargs), flush=True)
     return EXIT_OK

@@ -14,6 +14,7 @@
 
 """The benchmark CLI dispatches tables; the tables themselves print numbers, never assert."""
 
+import sys
 from unittest import mock
 
 from cityseg_ros.tools import benchmark
@@ -34,3 +35,36 @@ def test_unknown_table_exits_2_with_one_line(capsys):
     assert benchmark.main(['--tables', 'nope']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'unknown table' in err[0]
+
+
+def test_backends_table_and_node_table_per_backend_are_dispatched(capsys):
+    calls = []
+    with mock.patch('cityseg_ros.bench.backends_table.run',
+                    lambda **kw: calls.append(('backends', kw)) or '| b |'), \
+            mock.patch('cityseg_ros.ros.node_table.run',
+                       lambda **kw: calls.append(('node', kw)) or '| n |'):
+        code = benchmark.main(['--tables', 'backends', 'node', '--runs', '1', '--device', 'cpu',
+                               '--backends', 'onnxruntime', 'openvino'])
+    assert code == 0
+    assert calls[0] == ('backends', {'runs': 1, 'models': ['espnetv2'], 'device': 'cpu',
+                                     'backends': ['onnxruntime', 'openvino']})
+    assert [kw['backend'] for table, kw in calls[1:]] == ['onnxruntime', 'openvino']
+
+
+def test_backends_table_says_what_is_not_installed(monkeypatch):
+    from cityseg_ros.bench import backends_table
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    table = backends_table.run(models=['espnetv2'], device='cpu', runs=1, sizes=[(64, 128)],
+                               variants=[('torch', 'fp32'), ('onnxruntime', 'fp32')])
+    torch_row, ort_row = table.splitlines()[2:]
+    assert '| torch | fp32 | torch ' in torch_row and '100.000' in torch_row
+    assert 'not installed: pip install .[onnx]' in ort_row
+
+
+def test_backends_table_skips_rows_beyond_its_time_budget():
+    from cityseg_ros.bench import backends_table
+    table = backends_table.run(models=['espnetv2', 'hrnet_w48_ocr'], device='cpu', runs=1,
+                               budget_s=0.0)
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2 * len(backends_table.CPU_VARIANTS)
+    assert all('skipped: time budget' in row for row in rows)

@@ -1,0 +1,167 @@
+# Copyright 2026 The cityseg_ros Authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+"""Table: every backend side by side per model (forward, stereo-pair predict, agreement).
+
+For each model at its test size (or ``sizes``) the fp32 torch path is the reference; each
+(backend, precision) row gives the time of its first call (export or engine build, or loading
+them from the engine cache), the network forward (``Segmenter.logits``: the graph plus the
+19-channel slice), ``predict`` of a 2048x1024 stereo pair (resize, forward, upsampling, labels),
+the largest logit difference from the reference and the share of pixels whose argmax agrees.
+Every Segmenter is built after the same ``torch.manual_seed`` so that random weights are the
+same weights in every row. A backend that is not installed, or fails, is a row that says so;
+a time budget turns the remaining rows into "skipped" rows (``scripts/device_check.sh``).
+"""
+
+import logging
+import time
+from typing import Optional, Sequence
+
+from cityseg_ros.bench.timing import markdown_table, time_call
+from cityseg_ros.engine import Segmenter
+from cityseg_ros.errors import CitysegError
+import cv2
+import numpy as np
+import torch
+
+__all__ = ['CPU_VARIANTS', 'CUDA_VARIANTS', 'run']
+
+logger = logging.getLogger(__name__)
+
+#: (backend, precision) rows on each device; the first is the reference.
+CPU_VARIANTS = (('torch', 'fp32'), ('onnxruntime', 'fp32'), ('openvino', 'fp32'),
+                ('openvino', 'bf16'), ('torch', 'bf16'))
+CUDA_VARIANTS = (('torch', 'fp32'), ('torch', 'fp16'), ('onnxruntime', 'fp16'),
+                 ('tensorrt', 'fp16'), ('onnxruntime', 'fp32'), ('tensorrt', 'fp32'))
+PAIR_SIZE = (1024, 2048)
+HEADER = ['model', 'input HxW', 'backend', 'precision', 'runs on', 'first call s',
+          'forward ms (p50)', 'forward ms (p95)', 'predict pair ms (p50, 2x 2048x1024)',
+          'max |logit diff|', 'labels agree %']
+
+
+def _is_cuda(device: str) -> bool:
+    return device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
+
+
+def _frame(seed: int) -> np.ndarray:
+    """Return a smooth random 2048x1024 RGB frame (image-like statistics, not white noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (PAIR_SIZE[0] // 16, PAIR_SIZE[1] // 16, 3), dtype=np.uint8)
+    return cv2.resize(small, PAIR_SIZE[::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int = 5,
+        backends: Optional[Sequence[str]] = None, sizes: Optional[Sequence] = None,
+        weights: Optional[str] = None, budget_s: Optional[float] = None,
+        variants: Optional[Sequence] = None) -> str:
+    """Time and compare every (backend, precision) on every model.
+
+    Args:
+        models: zoo names.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        runs: timed runs per number, after 2 warm-up runs.
+        backends: keep only these backends (the torch fp32 reference always runs).
+        sizes: (H, W) network input sizes, one per model or one for all; default the
+            models' test sizes.
+        weights: a checkpoint path or 'auto'; default random weights (same seed in every row).
+        budget_s: seconds after which the remaining rows are skipped (not started).
+        variants: (backend, precision) pairs instead of the device's default list.
+
+    Returns:
+        A markdown table.
+    """
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    chosen = list(variants or (CUDA_VARIANTS if _is_cuda(device) else CPU_VARIANTS))
+    if backends:
+        chosen = [v for v in chosen if v[0] in backends or v == chosen[0]]
+    pair = [_frame(1), _frame(2)]
+    rows = []
+    for i, name in enumerate(models):
+        size = None
+        if sizes:
+            size = tuple(sizes[i] if len(sizes) == len(models) else sizes[0])
+        rows += _model_rows(name, device, size, weights, chosen, runs, pair, deadline)
+    return markdown_table(HEADER, rows)
+
+
+def _build(name, device, size, weights, backend, precision) -> Segmenter:
+    torch.manual_seed(0)
+    return Segmenter(name, weights=weights, device=device, precision=precision,
+                     input_size=size, backend=backend)
+
+
+def _model_rows(name, device, size, weights, variants, runs, pair, deadline) -> list:
+    label = [name, 'x'.join(str(s) for s in size) if size else '']
+    if deadline is not None and time.monotonic() > deadline:
+        return [label + [b, p, 'skipped: time budget'] + [''] * 6 for b, p in variants]
+    try:
+        ref = _build(name, device, size, weights, 'torch', 'fp32')
+    except (CitysegError, RuntimeError, MemoryError) as exc:
+        return [label + ['torch', 'fp32', f'error: {_first_line(exc)}'] + [''] * 6]
+    label[1] = f'{ref.input_size[0]}x{ref.input_size[1]}'
+    with torch.inference_mode():
+        x = ref.preprocess(pair[:1])
+        reference = ref.logits(x)
+    rows = []
+    for backend, precision in variants:
+        if deadline is not None and time.monotonic() > deadline:
+            rows.append(label + [backend, precision, 'skipped: time budget'] + [''] * 6)
+            continue
+        seg = ref if (backend, precision) == ('torch', 'fp32') else None
+        rows.append(label + [backend, precision] + _measure(
+            seg, name, device, size, weights, backend, precision, x, reference, runs, pair))
+    ref.close()
+    return rows
+
+
+def _measure(seg, name, device, size, weights, backend, precision, x, reference, runs,
+             pair) -> list:
+    own = seg is None
+    try:
+        if own:
+            seg = _build(name, device, size, weights, backend, precision)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            logits = seg.logits(x)  # builds or loads the graph / engine
+            if logits.is_cuda:
+                torch.cuda.synchronize()
+            first = time.perf_counter() - start
+            forward = time_call(lambda: seg.logits(x), runs=runs)
+        predict = time_call(lambda: seg.predict(pair), runs=max(2, runs // 2))
+    except CitysegError as exc:  # a missing extra, an unserved device or precision
+        text = str(exc)
+        status = (f'not installed: {text[text.index("pip install"):]}'
+                  if 'pip install' in text else f'unavailable: {_first_line(exc)}')
+        return [status] + [''] * 6
+    except (RuntimeError, MemoryError) as exc:  # OOM, unsupported kernels
+        return [f'error: {_first_line(exc)}'] + [''] * 6
+    finally:
+        if own and seg is not None:
+            seg.close()
+    diff = float((logits.float() - reference).abs().max())
+    agree = float((logits.argmax(1) == reference.argmax(1)).float().mean()) * 100.0
+    return [str(seg.backend), f'{first:.1f}', f'{forward.median_ms:.1f}',
+            f'{forward.p95_ms:.1f}', f'{predict.median_ms:.1f}', f'{diff:.2e}', f'{agree:.3f}']
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
+
+
+if __name__ == '__main__':  # python -m cityseg_ros.bench.backends_table [device]
+    import sys
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    print(run(device=sys.argv[1] if len(sys.argv) > 1 else 'auto', runs=3))
