@@ -111,7 +111,8 @@ def default_segmenter_factory(params: NodeParams) -> SegmenterLike:
 
     return Segmenter(params.model, weights=params.weights_arg, device=params.device,
                      precision=params.precision, tta=params.tta,
-                     input_size=params.input_size)
+                     input_size=params.input_size, backend=params.backend,
+                     progress=rclpy.logging.get_logger('segment_node').info)
 
 
 @dataclass(frozen=True)
@@ -458,16 +459,23 @@ class SegmentNode(LifecycleNode):
             self._on_matched(matched)
             return
         with self._lock:  # sync none: the frame waits; one ticket at a time, at the rate
-            ticket = latest.put(camera, frame, ready=self._rate_allows(time.monotonic()))
+            now = time.monotonic()
+            ticket = latest.put(camera, frame, ready=self._rate_allows(now, reserve=False))
+            if ticket:
+                self._last_submit = now
         if ticket:
             self._worker.submit(_TAKE_LATEST)
 
-    def _rate_allows(self, now: float) -> bool:
-        """Whether a batch may start now (``max_rate_hz``); call under ``self._lock``."""
+    def _rate_allows(self, now: float, reserve: bool = True) -> bool:
+        """Whether a batch may start now (``max_rate_hz``); call under ``self._lock``.
+
+        With ``reserve`` an allowed start is booked (the next one waits a period).
+        """
         rate = self.get_parameter('max_rate_hz').value
         if rate > 0.0 and now - self._last_submit < 1.0 / rate:
             return False
-        self._last_submit = now
+        if reserve:
+            self._last_submit = now
         return True
 
     def _lost(self) -> int:
@@ -721,6 +729,7 @@ class SegmentNode(LifecycleNode):
             'model': params.model if params else self.get_parameter('model').value,
             'device': self._device,
             'precision': params.precision if params else '',
+            'backend': str(getattr(self._seg, 'backend', params.backend if params else '')),
             'cameras': ','.join(params.cameras) if params else '',
             'sync': params.sync if params else '',
             'input_transport': params.input_transport if params else '',

@@ -198,3 +198,35 @@ def test_sync_exact_stamps_of_a_group_differ_by_at_most_the_tolerance(harness):
     # Each output carries its own camera's stamp, not the group's reference stamp.
     assert stamp_of(h.received['rear_right/semantic/labels'][0]) == base + 5 * 900_000
     assert stamp_of(h.received['front/semantic/labels'][0]) == base
+
+
+def test_sync_none_rate_limit_gives_whole_batches_at_the_rate(harness):
+    """Frames held back by max_rate_hz wait and join the next batch: no camera is left out."""
+    model = StandIn()
+    h = rig(harness, model, sync='none', max_rate_hz=4.0)
+    h.listen(*[f'{cam}/semantic/labels' for cam in RIG])
+    h.start()
+    h.wait_connected(cameras=RIG)
+    images = rig_images()
+    messages = {cam: make_image(images[cam], 1, f'{cam}_optical') for cam in RIG}
+    ticks = []
+
+    def tick():
+        base = now_ns(h.io)
+        for i, cam in enumerate(RIG):
+            messages[cam].header.stamp.sec, messages[cam].header.stamp.nanosec = divmod(
+                base + i * 3_000_000, S)
+            h.pubs[cam].publish(messages[cam])
+        ticks.append(base)
+
+    timer = h.io.create_timer(0.05, tick)
+    start = now_ns(h.io)
+    h.spin_until(lambda: len(ticks) >= 30, timeout=20.0)
+    h.io.destroy_timer(timer)
+    elapsed_s = (now_ns(h.io) - start) / S
+    h.spin_until(lambda: False, timeout=0.3)
+    assert len(model.calls) <= 4.0 * elapsed_s + 2, (len(model.calls), elapsed_s)
+    sizes = [n for n, _ in model.calls]
+    assert len(sizes) >= 2 and np.mean(sizes[1:]) > 5, sizes  # after the first: all six
+    out = {cam: len(h.received[f'{cam}/semantic/labels']) for cam in RIG}
+    assert max(out.values()) - min(out.values()) <= 1, out
