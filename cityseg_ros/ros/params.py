@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from cityseg_ros.backends import BACKENDS
 from cityseg_ros.camera_group import SYNC_MODES
 from cityseg_ros.errors import ConfigError
 from cityseg_ros.label_spaces import LABEL_SPACES
@@ -86,6 +87,10 @@ PARAMS: Tuple[Param, ...] = (
     Param('device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
           read_only=True),
     Param('precision', 'fp32', 'inference precision; fp16 needs CUDA', choices=PRECISIONS),
+    Param('backend', 'torch',
+          'what runs the network; onnxruntime, openvino (CPU) and tensorrt (CUDA) are pip extras '
+          '(.[onnx], .[openvino], .[tensorrt]) whose graphs and engines are built at configure '
+          '(minutes for TensorRT) and cached', choices=BACKENDS),
     Param('input_height', 0, "network input height in px, 0 = the model's test size",
           range=(0, 8192)),
     Param('input_width', 0, "network input width in px, 0 = the model's test size",
@@ -176,6 +181,7 @@ class NodeParams:
     weights: str
     device: str
     precision: str
+    backend: str
     input_height: int
     input_width: int
     tta: str
@@ -305,6 +311,13 @@ def check_values(values: Mapping[str, Any]) -> List[str]:
             problems.append(str(exc))
         except (TypeError, ValueError) as exc:
             problems.append(f'points_drop_classes must be a list of trainIds: {exc}')
+    backend, device = values.get('backend'), str(values.get('device'))
+    if backend == 'tensorrt' and device.startswith('cpu'):
+        problems.append("backend tensorrt needs a CUDA device but device is 'cpu': use "
+                        'onnxruntime or openvino on the CPU')
+    if backend == 'openvino' and device.startswith('cuda'):
+        problems.append(f'backend openvino runs on the CPU but device is {device!r}: use '
+                        'onnxruntime or tensorrt on CUDA')
     if values.get('precision') == 'fp16' and str(values.get('device')).startswith('cpu'):
         problems.append('precision fp16 needs a CUDA device but device is '
                         f"{values.get('device')!r}: use bf16 or fp32 on CPU")
