@@ -21,9 +21,9 @@ the model.
 
 Threads: raw images are checked and decoded in the subscription callback (zero-copy for rgb8,
 under a millisecond for the other encodings of a 2-megapixel image); compressed images only
-have their stamp and ``format`` checked there and go to a :class:`DecodeStage` (own threads,
-newest frame per camera wins, cameras served in turn), so a 15 ms JPEG decode never holds an
-executor thread. Decoded frames are grouped (``sync: exact``: one frame per camera within
+have their stamp and ``format`` checked there and are decoded on threads of their own
+(``compressed_input.py``), so a 15 ms JPEG decode never holds an executor thread. Frames are
+grouped (``sync: exact``: one frame per camera within
 ``pair_tolerance_ms``, into the worker's one-slot mailbox, an older pending group dropped and
 counted; ``sync: none``: each camera's newest frame waits in :class:`LatestFrames` and the
 worker takes them all as one batch). The worker runs the batch through the model (only the
@@ -31,7 +31,8 @@ cameras somebody listens to), renders and encodes only the wanted outputs and pu
 with the input header. The executor never waits for the model.
 
 The parts live beside it: ``inputs.py`` (subscriptions, QoS matching, loss counting),
-``outputs.py`` (per-camera outputs in the label space), ``points.py`` (semantic/points, its own
+``outputs.py`` (per-camera outputs in the label space), ``compressed_input.py`` (decoding off
+the executor), ``points.py`` (semantic/points, its own
 failures), ``diagnostics.py`` (level and reason), ``pairs.py`` and the pairer's time-jump
 recovery (``cityseg_ros.pairing``), ``cityseg_ros.camera_group`` (``sync: none``). No input ends
 the node or leaves it in another state than the one it was told to be in: every callback counts
@@ -49,10 +50,10 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from cityseg_ros.camera_group import LatestFrames
 from cityseg_ros.compressed import parse_format
-from cityseg_ros.decoding import DecodeStage
 from cityseg_ros.errors import CitysegError, ConfigError, ImageError
 from cityseg_ros.label_spaces import get_label_space
 from cityseg_ros.pairing import Matched
+from cityseg_ros.ros.compressed_input import CompressedInput
 from cityseg_ros.ros.diagnostics import (assess, camera_values, counter_values, CounterWindow,
                                          describe_clock_jump, Facts, window_seconds)
 from cityseg_ros.ros.inputs import image_topic, InputSubscriptions
@@ -83,9 +84,6 @@ THROTTLE_S = 5.0
 #: Stamp -> publish latencies outside [0, this] ms are clock trouble, not statistics (a bag
 #: played without use_sim_time, a camera on another clock): counted, kept out of p50/p95.
 MAX_LATENCY_MS = 60_000.0
-#: Nice increment of the decode threads: when the CPU is short, inference keeps it and decoding
-#: sheds frames (newest wins per camera) instead of delaying every batch.
-DECODE_NICE = 4
 
 
 class SegmenterLike(Protocol):
@@ -122,6 +120,16 @@ class _Frame:
     header: Header
     rgb: np.ndarray
     received: float  # time.monotonic() when the callback got it
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A compressed image grouped before decoding (sync exact): headers are enough to pair."""
+
+    header: Header
+    msg: CompressedImage
+    received: float
     stamp_ns: int
 
 
@@ -175,7 +183,7 @@ class SegmentNode(LifecycleNode):
         self._inputs: Optional[InputSubscriptions] = None
         self._pairer: Optional[LivePairer] = None
         self._latest: Optional[LatestFrames] = None  # sync none
-        self._decoder: Optional[DecodeStage] = None  # input_transport compressed
+        self._decoder: Optional[CompressedInput] = None  # input_transport compressed
         self._infos: Dict[str, CameraInfo] = {}  # latest valid CameraInfo per camera
         self._last_submit = 0.0
         self._last_reject = ''
@@ -224,9 +232,10 @@ class SegmentNode(LifecycleNode):
                                      else ()) if params.sync == 'none' else None)
         self._infos = {}
         if params.input_transport == 'compressed':
-            self._decoder = DecodeStage(self._decode, self._on_decoded, self._on_decode_error,
-                                        threads=params.decode_threads,
-                                        name=f'{self.get_name()}-decode', nice=DECODE_NICE)
+            self._decoder = CompressedInput(f'{self.get_name()}-decode', params.sync,
+                                            params.decode_threads, self._decode,
+                                            self._on_decoded, self._on_group_decoded,
+                                            self._on_decode_error)
         self._device = str(getattr(seg, 'device', params.device))
         self._outputs = LabelOutputs(self._publisher, params.cameras, {
             'color': params.publish_color, 'overlay': params.publish_overlay,
@@ -411,28 +420,39 @@ class SegmentNode(LifecycleNode):
             except ImageError as exc:
                 self._reject('bad_format', topic, str(exc))
                 return
-            decoder = self._decoder
-            if decoder is not None:
-                decoder.submit(camera, (msg, received))  # returns at once, never decodes here
+            decoder, params = self._decoder, self._params
+            if decoder is None or params is None:
+                return
+            if params.sync == 'exact':  # group by stamp first: decode whole groups
+                self._accept(camera, topic, _Pending(msg.header, msg, received,
+                                                     stamp_ns(msg.header)))
+            else:
+                decoder.submit_frame(camera, msg, received)  # returns at once
         except Exception as exc:  # noqa: B902 -- a hostile message must not end the node
             self._internal_error(topic, exc)
 
     # -- decode threads (input_transport compressed) ---------------------------------------------
 
-    def _decode(self, camera: str, item: tuple) -> np.ndarray:
-        msg, _ = item
+    def _decode(self, camera: str, msg: CompressedImage) -> np.ndarray:
         rgb = compressed_to_rgb(msg, self.resolve_topic_name(image_topic(camera, 'compressed')))
         problem = size_problem(rgb.shape[1], rgb.shape[0], MIN_INPUT_SIDE)
         if problem is not None:
             raise _Rejected(*problem)
         return rgb
 
-    def _on_decoded(self, camera: str, item: tuple, rgb: np.ndarray) -> None:
-        msg, received = item
+    def _on_decoded(self, camera: str, msg: CompressedImage, rgb: np.ndarray,
+                    received: float) -> None:
         self._accept(camera, image_topic(camera, 'compressed'),
                      _Frame(msg.header, rgb, received, stamp_ns(msg.header)))
 
-    def _on_decode_error(self, camera: str, item: tuple, exc: BaseException) -> None:
+    def _on_group_decoded(self, matched: Matched, rgbs: Dict[str, np.ndarray]) -> None:
+        if self._state != 'active':
+            return
+        frames = {cam: _Frame(p.header, rgbs[cam], p.received, p.stamp_ns)
+                  for cam, p in matched.items.items()}
+        self._on_matched(Matched(matched.stamp_ns, frames, matched.stamps))
+
+    def _on_decode_error(self, camera: str, msg: CompressedImage, exc: BaseException) -> None:
         topic = image_topic(camera, 'compressed')
         if isinstance(exc, _Rejected):
             self._reject(exc.kind, topic, str(exc))
@@ -443,8 +463,12 @@ class SegmentNode(LifecycleNode):
 
     # -- grouping (executor or decode threads) ---------------------------------------------------
 
-    def _accept(self, camera: str, topic: str, frame: _Frame) -> None:
-        """Group one decoded frame; hand a complete group (or a batch ticket) to the worker."""
+    def _accept(self, camera: str, topic: str, frame: Any) -> None:
+        """Group one frame; hand a complete group (or a batch ticket) on.
+
+        ``frame`` is a decoded :class:`_Frame`, or a :class:`_Pending` compressed image whose
+        complete group goes to the decoders first (sync exact).
+        """
         pairer = self._pairer
         if pairer is None or self._state != 'active':
             return  # deactivated while this frame was decoded
@@ -453,6 +477,10 @@ class SegmentNode(LifecycleNode):
         if pairer.last_jump:
             self._last_jump = pairer.last_jump
         if matched is None:
+            return
+        if isinstance(frame, _Pending):
+            if self._decoder is not None:
+                self._decoder.submit_group(matched)
             return
         latest = self._latest
         if latest is None:
@@ -655,20 +683,13 @@ class SegmentNode(LifecycleNode):
         if latest is not None:
             counts.update({f'{cam}_dropped': n for cam, n in latest.dropped().items()})
         if decoder is not None:
-            for cam, stats in decoder.stats().items():
-                counts[f'{cam}_decode_dropped'] = stats.dropped
-                counts[f'{cam}_decode_failed'] = stats.failed
+            counts.update(decoder.counters())
         return counts
 
     def decode_ms(self, q: float) -> Optional[float]:
-        """Return the q-th percentile of compressed decode time, ms, worst camera (or None)."""
+        """Return the q-th percentile of the decode time per compressed image, ms (or None)."""
         decoder = self._decoder
-        if decoder is None:
-            return None
-        key = 'decode_p50_ms' if q <= 50 else 'decode_p95_ms'
-        values = [getattr(s, key) for s in decoder.stats().values()]
-        values = [v for v in values if v is not None]
-        return max(values) if values else None
+        return decoder.decode_ms.percentile(q) if decoder is not None else None
 
     @property
     def published(self) -> Dict[str, int]:
@@ -715,6 +736,7 @@ class SegmentNode(LifecycleNode):
         level, message = assess(facts)
         # sync exact: a dropped or rate-limited group drops one frame of every camera.
         group_drops = (stats.dropped + counts.get('rate_limited', 0)
+                       + counts.get('decode_dropped_groups', 0)
                        if params is not None and params.sync == 'exact' else 0)
 
         def ms(value: Optional[float]) -> str:

@@ -68,8 +68,9 @@ def test_compressed_stereo_in_labels_out_with_the_input_header(harness, stereo_p
     assert float(diag['decode_p50_ms']) > 0.0
 
 
+@pytest.mark.parametrize('sync', ['exact', 'none'])
 def test_decoding_runs_on_decode_threads_and_never_holds_the_executor(harness, stereo_pair,
-                                                                      monkeypatch):
+                                                                      monkeypatch, sync):
     threads = []
     release = threading.Event()
     real = node_module.compressed_to_rgb
@@ -80,7 +81,7 @@ def test_decoding_runs_on_decode_threads_and_never_holds_the_executor(harness, s
         return real(msg, what)
 
     monkeypatch.setattr(node_module, 'compressed_to_rgb', slow_decode)
-    h = compressed_rig(harness, decode_threads=1)
+    h = compressed_rig(harness, decode_threads=1, sync=sync)
     info = h.io.create_publisher(CameraInfo, 'left/camera_info', 10)
     node = h.seg_node
     assert h.spin_until(lambda: info.get_subscription_count() == 1)
@@ -91,21 +92,32 @@ def test_decoding_runs_on_decode_threads_and_never_holds_the_executor(harness, s
     # mutually exclusive group) and further images still get through the executor.
     start = time.monotonic()
     info.publish(camera_info('left', stamp))
-    h.publish_pair(stereo_pair, stamp + S // 30)
+    for i in (1, 2):
+        h.publish_pair(stereo_pair, stamp + i * S // 30)
     assert h.spin_until(lambda: node.counters.get('left_camera_info') == 1
-                        and node.counters.get('left_images') == 2, timeout=3.0)
+                        and node.counters.get('left_images') == 3, timeout=3.0)
     assert time.monotonic() - start < 3.0
     release.set()
-    assert h.spin_until(lambda: h.received['left/semantic/labels'])
-    assert set(threads) <= {'segment_node-decode-0'}, threads
-    # Newest wins per camera: frames that waited behind the stuck decode were dropped, counted.
+    last = stamp + 2 * S // 30
+    assert h.spin_until(lambda: any(stamp_of(m) == last
+                                    for m in h.received['left/semantic/labels']))
+    assert all(name.startswith('segment_node-decode') for name in threads), threads
+    assert not any('executor' in name.lower() or name == 'MainThread' for name in threads)
+    # Newest wins (per camera, or per group with sync exact): what waited behind the stuck
+    # decode was dropped and counted; the newest pair came out.
     counters = node.counters
-    assert counters['left_decode_dropped'] + counters['right_decode_dropped'] >= 1
+    if sync == 'exact':
+        assert counters['decode_dropped_groups'] == 1 and len(threads) == 4  # 2 groups of 2
+        diag = {kv.key: kv.value for kv in node.diagnostics().values}
+        assert diag['left/dropped'] == diag['right/dropped'] == '1'
+    else:
+        assert counters['left_decode_dropped'] + counters['right_decode_dropped'] >= 1
 
 
+@pytest.mark.parametrize('sync', ['exact', 'none'])
 def test_unknown_formats_and_corrupt_data_are_counted_and_the_node_goes_on(
-        harness, stereo_pair):
-    h = compressed_rig(harness)
+        harness, stereo_pair, sync):
+    h = compressed_rig(harness, sync=sync)
     node = h.seg_node
     base = now_ns(h.io)
     left = stereo_pair[0]
@@ -127,9 +139,13 @@ def test_unknown_formats_and_corrupt_data_are_counted_and_the_node_goes_on(
     bad.append(msg)
     msg = make_compressed(np.zeros((8, 8, 3), np.uint8), base, 'left_optical', 'png')
     bad.append(msg)  # too small for the model
-    for msg in bad:
+    for i, msg in enumerate(bad):
+        stamp = base + i * S // 30
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, S)
         h.pubs['left'].publish(msg)
-        h.spin_until(lambda: False, timeout=0.05)  # one by one: newest-wins keeps them all
+        # A good partner: with sync exact a group decodes as a whole and the bad frame drops it.
+        h.pubs['right'].publish(make_compressed(stereo_pair[1], stamp, 'right_optical'))
+        h.spin_until(lambda: False, timeout=0.1)  # one by one: newest-wins keeps them all
     assert h.spin_until(lambda: node.counters.get('rejected', 0) == 6), node.counters
     counters = node.counters
     assert counters['rejected_bad_format'] == 2
@@ -137,6 +153,8 @@ def test_unknown_formats_and_corrupt_data_are_counted_and_the_node_goes_on(
     assert counters.get('internal_errors', 0) == 0 and node.state == 'active'
     diag = {kv.key: kv.value for kv in node.diagnostics().values}
     assert diag['rejected_bad_format'] == '2'
+    if sync == 'exact':
+        assert counters['decode_failed_groups'] == 4 and not h.received['left/semantic/labels']
     h.publish_pair(stereo_pair, base + S)
     assert h.spin_until(lambda: h.received['left/semantic/labels'])
 
