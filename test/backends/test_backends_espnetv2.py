@@ -17,11 +17,9 @@
 
 ESPNetv2 with the official weights at its own size: logits for batches 1 and 3 (the graph has a
 dynamic batch), and the official Cityscapes evaluation of the 8 real frames, which must equal
-the torch path's class mIoU within 0.0005. One engine cache for the module: the graph is
-exported once (that is most of the time here).
+the torch path's class mIoU within 0.0005. The engine cache is the session's (conftest.py): the
+graph is exported once (that is most of the time here).
 """
-
-import os
 
 from cityseg_ros.engine import Segmenter
 from cityseg_ros.imageio import read_rgb, write_png
@@ -39,18 +37,6 @@ LOGIT_TOLERANCE = 1e-4
 MIOU_TOLERANCE = 0.0005
 #: ESPNetv2's test size (H, W) for the official 1024x512 weights.
 SIZE = (512, 1024)
-
-
-@pytest.fixture(scope='module', autouse=True)
-def engine_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp('engines')
-    before = os.environ.get('CITYSEG_ROS_ENGINE_CACHE')
-    os.environ['CITYSEG_ROS_ENGINE_CACHE'] = str(path)
-    yield path
-    if before is None:
-        del os.environ['CITYSEG_ROS_ENGINE_CACHE']
-    else:
-        os.environ['CITYSEG_ROS_ENGINE_CACHE'] = before
 
 
 def _segmenter(backend, weights, size, progress=None):
