@@ -14,8 +14,8 @@
 
 """Input helpers without spinning: QoS choice, loss counting, stamp and calibration checks."""
 
-from cityseg_ros.ros.inputs import SequenceGaps
-from cityseg_ros.ros.messages import stamp_problem
+from cityseg_ros.ros.inputs import image_topic, SequenceGaps
+from cityseg_ros.ros.messages import size_problem, stamp_problem
 from cityseg_ros.ros.params import ros_hint
 from cityseg_ros.ros.points import camera_info_problem
 from cityseg_ros.ros.qos import choose_reliability, input_qos
@@ -88,3 +88,29 @@ def test_camera_info_problems():
 ])
 def test_library_hints_become_parameter_hints(library, node):
     assert ros_hint(library) == node
+
+
+def test_image_topics_follow_the_transport_and_sizes_are_checked_alike():
+    assert image_topic('rear_left') == 'rear_left/image_rect_color'
+    assert image_topic('cam/front', 'compressed') == 'cam/front/image_rect_color/compressed'
+    assert size_problem(1920, 1080, 16) is None
+    assert size_problem(8, 1080, 16)[0] == 'too_small'
+    assert size_problem(20000, 100, 16)[0] == 'too_large'
+
+
+@pytest.mark.parametrize('cameras,problem', [
+    (['front', 'front_left', 'rear/left_1'], None),
+    (['front', '1cam'], "'1cam' is not a relative ROS name"),
+    (['front', 'a b'], "'a b' is not a relative ROS name"),
+    (['front', '~x'], "'~x' is not a relative ROS name"),
+    ([], 'must name 1 to 16 camera(s), got 0'),
+])
+def test_camera_lists_are_checked_with_reasons(cameras, problem):
+    from cityseg_ros.ros.params import check_values, PARAMS
+    values = {p.name: p.default for p in PARAMS}
+    values['cameras'] = cameras
+    problems = check_values(values)
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
