@@ -137,7 +137,7 @@ class Segmenter:
                  input_size: Optional[Sequence[int]] = None,
                  channels_last: Optional[bool] = None, backend: str = 'torch',
                  progress=None) -> None:
-        from cityseg_ros.backends import create_backend
+        from cityseg_ros.backends import check_backend, create_backend
         from cityseg_ros.checkpoints import load_checkpoint, resolve_weights
 
         self.spec: ModelSpec = get_spec(model)
@@ -150,6 +150,7 @@ class Segmenter:
         self.device = resolve_device(device)
         if precision == 'fp16' and self.device.type != 'cuda':
             raise ConfigError('precision fp16 needs a CUDA device; on CPU use bf16 or fp32')
+        check_backend(backend, self.device, precision)  # before minutes of model loading
         self.precision = precision
         self.tta = tta
 

@@ -26,7 +26,7 @@ parameter table can use :data:`BACKENDS`.
 import importlib
 from typing import Callable, Optional
 
-__all__ = ['BACKENDS', 'EXTRAS', 'create_backend', 'require']
+__all__ = ['BACKENDS', 'EXTRAS', 'check_backend', 'create_backend', 'require']
 
 #: Backend names, the same everywhere: Segmenter(backend=), node parameter, --backend flags.
 BACKENDS = ('torch', 'onnxruntime', 'openvino', 'tensorrt')
@@ -52,6 +52,22 @@ def require(module: str, extra: str, purpose: str):
                           f'({exc}); pip install .[{extra}]') from None
 
 
+def _module(name: str):
+    if name not in BACKENDS:
+        from cityseg_ros.errors import ConfigError
+        raise ConfigError(f'unknown backend {name!r}; use one of {", ".join(BACKENDS)}')
+    return importlib.import_module(f'cityseg_ros.backends.{_MODULES[name]}')
+
+
+def check_backend(name: str, device, precision: str) -> None:
+    """Fail fast, before a model is built: unknown name, missing extra, unserved device/precision.
+
+    Raises:
+        ConfigError: saying what to install or which device or precision to use instead.
+    """
+    _module(name).check(device, precision)
+
+
 def create_backend(name: str, net, spec, device, precision: str,
                    progress: Optional[Callable[[str], None]] = None, **options):
     """Build the backend ``name`` around a zoo network (eval mode, weights loaded).
@@ -69,8 +85,4 @@ def create_backend(name: str, net, spec, device, precision: str,
         ConfigError: unknown name, a missing optional package, or a device or precision the
             backend cannot serve.
     """
-    if name not in BACKENDS:
-        from cityseg_ros.errors import ConfigError
-        raise ConfigError(f'unknown backend {name!r}; use one of {", ".join(BACKENDS)}')
-    module = importlib.import_module(f'cityseg_ros.backends.{_MODULES[name]}')
-    return module.create(net, spec, device, precision, progress=progress, **options)
+    return _module(name).create(net, spec, device, precision, progress=progress, **options)

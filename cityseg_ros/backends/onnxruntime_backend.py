@@ -32,7 +32,7 @@ from cityseg_ros.errors import ConfigError
 import numpy as np
 import torch
 
-__all__ = ['OnnxRuntimeBackend', 'create', 'select_providers', 'PROVIDER_ORDER']
+__all__ = ['OnnxRuntimeBackend', 'check', 'create', 'select_providers', 'PROVIDER_ORDER']
 
 #: Preference order on a CUDA device; the CPU provider always comes last.
 PROVIDER_ORDER = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
@@ -49,10 +49,10 @@ def select_providers(available: Sequence[str], device_type: str) -> list:
     return [p for p in PROVIDER_ORDER if p in available] + [CPU_PROVIDER]
 
 
-def create(net, spec, device: torch.device, precision: str,
-           progress: Optional[Callable[[str], None]] = None, cache=None) -> 'OnnxRuntimeBackend':
-    """Build the backend; raises ConfigError without onnxruntime or for an unserved precision."""
+def check(device: torch.device, precision: str) -> None:
+    """Raise ConfigError without onnxruntime (or the exporter), or for what it cannot serve."""
     ort = require('onnxruntime', 'onnx', 'backend onnxruntime')
+    require('onnxscript', 'onnx', 'backend onnxruntime (the ONNX export)')
     if precision == 'bf16':
         raise ConfigError('backend onnxruntime runs fp32 (fp16 through TensorRT on CUDA), not '
                           'bf16; use precision fp32, or backend openvino or torch for bf16')
@@ -60,6 +60,12 @@ def create(net, spec, device: torch.device, precision: str,
         raise ConfigError('this onnxruntime has no CUDA or TensorRT provider '
                           f'({", ".join(ort.get_available_providers())}); pip install '
                           'onnxruntime-gpu, or use device cpu')
+
+
+def create(net, spec, device: torch.device, precision: str,
+           progress: Optional[Callable[[str], None]] = None, cache=None) -> 'OnnxRuntimeBackend':
+    """Build the backend (after :func:`check`)."""
+    check(device, precision)
     return OnnxRuntimeBackend(net, spec, device, precision, progress=progress, cache=cache)
 
 

@@ -32,7 +32,7 @@ from cityseg_ros.backends.graph import cpu_id, GraphBackend
 from cityseg_ros.errors import ConfigError
 import torch
 
-__all__ = ['OpenVinoBackend', 'create', 'compile_config']
+__all__ = ['OpenVinoBackend', 'check', 'create', 'compile_config']
 
 BLOB_FILE = 'model.blob'
 _PRECISION_HINTS = {'fp32': 'f32', 'bf16': 'bf16'}
@@ -45,15 +45,21 @@ def compile_config(precision: str, threads: int) -> dict:
             'INFERENCE_PRECISION_HINT': _PRECISION_HINTS[precision]}
 
 
-def create(net, spec, device: torch.device, precision: str,
-           progress: Optional[Callable[[str], None]] = None, cache=None) -> 'OpenVinoBackend':
-    """Build the backend; raises ConfigError without openvino, off the CPU, or for fp16."""
+def check(device: torch.device, precision: str) -> None:
+    """Raise ConfigError without openvino (or the exporter), off the CPU, or for fp16."""
     require('openvino', 'openvino', 'backend openvino')
+    require('onnxscript', 'openvino', 'backend openvino (the ONNX export)')
     if device.type != 'cpu':
         raise ConfigError(f'backend openvino runs on the CPU here, not {device}; use device cpu '
                           '(or backend onnxruntime or tensorrt on CUDA)')
     if precision not in _PRECISION_HINTS:
         raise ConfigError(f'backend openvino runs fp32 or bf16, not {precision}')
+
+
+def create(net, spec, device: torch.device, precision: str,
+           progress: Optional[Callable[[str], None]] = None, cache=None) -> 'OpenVinoBackend':
+    """Build the backend (after :func:`check`)."""
+    check(device, precision)
     return OpenVinoBackend(net, spec, device, precision, progress=progress, cache=cache)
 
 

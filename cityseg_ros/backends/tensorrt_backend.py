@@ -35,7 +35,7 @@ from cityseg_ros.backends.graph import GraphBackend
 from cityseg_ros.errors import ConfigError
 import torch
 
-__all__ = ['TensorRTBackend', 'create', 'engine_key', 'profile_for']
+__all__ = ['TensorRTBackend', 'check', 'create', 'engine_key', 'profile_for']
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,21 @@ def engine_key(model: str, weights_sha256: str, size: Sequence[int], batch: int,
                     versions=(('tensorrt', trt_version), ('gpu', gpu), ('graph', graph)))
 
 
-def create(net, spec, device: torch.device, precision: str,
-           progress: Optional[Callable[[str], None]] = None, cache=None) -> 'TensorRTBackend':
-    """Build the backend; raises ConfigError off CUDA or without the tensorrt package."""
+def check(device: torch.device, precision: str) -> None:
+    """Raise ConfigError off CUDA, for an unknown precision, or without tensorrt/the exporter."""
     if device.type != 'cuda':
         raise ConfigError(f'backend tensorrt needs a CUDA device, not {device}; use device '
                           'cuda, or backend onnxruntime or openvino on the CPU')
     if precision not in PRECISIONS:
         raise ConfigError(f'backend tensorrt runs {", ".join(PRECISIONS)}, not {precision}')
     require('tensorrt', 'tensorrt', 'backend tensorrt')
+    require('onnxscript', 'tensorrt', 'backend tensorrt (the ONNX export)')
+
+
+def create(net, spec, device: torch.device, precision: str,
+           progress: Optional[Callable[[str], None]] = None, cache=None) -> 'TensorRTBackend':
+    """Build the backend (after :func:`check`)."""
+    check(device, precision)
     return TensorRTBackend(net, spec, device, precision, progress=progress, cache=cache)
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-__all__ = ['TorchBackend', 'create']
+__all__ = ['TorchBackend', 'check', 'create']
 
 
 class TorchBackend:
@@ -45,6 +45,10 @@ class TorchBackend:
 
     def close(self) -> None:
         """Nothing to free beyond what the engine frees."""
+
+
+def check(device: torch.device, precision: str) -> None:
+    """Accept everything: the engine has already checked device and precision."""
 
 
 def create(net: nn.Module, spec, device: torch.device, precision: str,

@@ -27,6 +27,7 @@ from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
+from cityseg_ros.backends import BACKENDS
 from cityseg_ros.engine import MIN_IMAGE_SIDE, PRECISIONS, Segmenter, TTA_MODES
 from cityseg_ros.errors import ConfigError, ImageError
 from cityseg_ros.imageio import find_images, MAX_IMAGE_PIXELS, probe_file, read_rgb, write_png
@@ -83,6 +84,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "fetch_weights) or 'none' (random weights, for tests)")
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     parser.add_argument('--precision', default='fp32', choices=PRECISIONS)
+    parser.add_argument('--backend', default='torch', choices=BACKENDS,
+                        help='what runs the network (default: torch; the others are pip '
+                             'extras: .[onnx], .[openvino], .[tensorrt])')
     parser.add_argument('--tta', default='none', choices=TTA_MODES,
                         help='test-time augmentation (default: none)')
     parser.add_argument('--input-size', type=parse_size, default=None, metavar='HxW',
@@ -94,7 +98,8 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     """Build the Segmenter described by :func:`add_model_arguments`' options."""
     weights = None if str(args.weights).lower() == 'none' else args.weights
     return Segmenter(args.model, weights=weights, device=args.device, precision=args.precision,
-                     tta=args.tta, input_size=args.input_size)
+                     tta=args.tta, input_size=args.input_size,
+                     backend=getattr(args, 'backend', 'torch'))
 
 
 def _batch_size(text: str) -> int:
