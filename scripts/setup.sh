@@ -12,5 +12,5 @@ python -m pip install -q --upgrade pip
 # The CPU build of torch 2.13.0 first: with no torch installed an unpinned 'torch' pulls a
 # multi-GB CUDA build. On a GPU machine, install your CUDA torch before running this script.
 python -c 'import torch' 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[ros,test]'
+python -m pip install -q -e '.[ros,test,onnx,openvino]'
 ./scripts/ament_register.sh "$VIRTUAL_ENV"
