@@ -14,10 +14,10 @@
 
 """Compressed input for the node: JPEG/PNG decoded on threads of their own, never the executor.
 
-A 2-megapixel JPEG takes ~15 ms to decode on a desktop core (``cityseg_ros.bench.codec_table``),
-a PNG photo ~90 ms: in a subscription callback that would hold an executor thread serving the
-other cameras, camera_info and parameters. The callback only checks the stamp and ``format``
-(a string); decoding happens here, in one of two ways:
+A 2-megapixel JPEG takes 6-17 ms to decode on this project's CPU, idle or beside the model
+(``cityseg_ros.bench.codec_table``), a PNG photo ~90 ms: in a subscription callback that would
+hold an executor thread serving the other cameras, camera_info and parameters. The callback
+only checks the stamp and ``format`` (a string); decoding happens here, in one of two ways:
 
 - ``sync: none``: one :class:`~cityseg_ros.decoding.DecodeStage` slot per camera, newest wins,
   cameras served in turn (``decode_threads`` threads), each decoded frame handed on at once.
