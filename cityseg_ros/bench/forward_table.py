@@ -148,7 +148,8 @@ def _interleaved(fns: dict, runs: int, warmup: int = 2) -> dict:
     return out
 
 
-def pair_table(name: str = 'espnetv2', device: str = 'auto', runs: int = 20) -> str:
+def pair_table(name: str = 'espnetv2', device: str = 'auto', runs: int = 20,
+               input_size: Optional[Sequence[int]] = None) -> str:
     """Time the stereo-pair predict next to one, two and a batch of two network forwards.
 
     "network forward" is the network alone (normalised batch in, logits out, as a backend
@@ -158,7 +159,7 @@ def pair_table(name: str = 'espnetv2', device: str = 'auto', runs: int = 20) -> 
     """
     weights, left, right, what = _pair_inputs(name)
     try:
-        seg = Segmenter(name, weights=weights, device=device)
+        seg = Segmenter(name, weights=weights, device=device, input_size=input_size)
     except CitysegError as exc:
         return f'{name}: error: {exc}'
     note = (f'Stereo pair: {what}; {name} at {seg.input_size[0]}x{seg.input_size[1]}, '
