@@ -21,6 +21,7 @@ profile for batches 1..8), then CUDA, then the CPU for nodes neither takes. Batc
 logits come out through I/O binding on the batch's own memory, on the CPU as on the GPU.
 """
 
+import logging
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -33,6 +34,8 @@ import numpy as np
 import torch
 
 __all__ = ['OnnxRuntimeBackend', 'check', 'create', 'select_providers', 'PROVIDER_ORDER']
+
+logger = logging.getLogger(__name__)
 
 #: Preference order on a CUDA device; the CPU provider always comes last.
 PROVIDER_ORDER = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
@@ -77,6 +80,8 @@ class OnnxRuntimeBackend(GraphBackend):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._ort = require('onnxruntime', 'onnx', 'backend onnxruntime')
+        if self.device.type == 'cuda':
+            _load_gpu_libraries(self._ort)
 
     @property
     def version(self) -> str:
@@ -159,6 +164,24 @@ class OnnxRuntimeBackend(GraphBackend):
             _BoundRunner(session, self.device)(x)  # TensorRT builds its engines on first run
         return self.cache.get_or_build(key, build, progress=self._say,
                                        what='onnxruntime TensorRT engines')
+
+
+def _load_gpu_libraries(ort) -> None:
+    """Make the CUDA, cuDNN and TensorRT libraries of the pip wheels findable by onnxruntime.
+
+    onnxruntime-gpu dlopens them by name: torch's wheels bring CUDA and cuDNN (``nvidia-*``
+    packages, loaded by ``preload_dlls``), the ``tensorrt`` wheel brings libnvinfer (loaded by
+    importing it), none of them on the loader's path.
+    """
+    try:
+        import tensorrt  # noqa: F401 -- loads libnvinfer for the TensorRT provider
+    except ImportError:
+        pass
+    if hasattr(ort, 'preload_dlls'):  # onnxruntime >= 1.21
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: B902 -- best effort: the session says what is missing
+            logger.debug('onnxruntime.preload_dlls: %s', exc)
 
 
 def _trt_version() -> str:
