@@ -256,9 +256,12 @@ def test_slow_model_under_a_30hz_stream_keeps_latency_bounded(harness, stereo_pa
     assert stats.dropped == stats.submitted - stats.processed  # what was not processed
     assert 3 <= stats.processed <= 30  # ~2 s of input at 5 pairs/s (shared CI cores)
     assert len(model.calls) == stats.processed
-    # At most one pair waits while one is processed: stamp -> publish stays ~2 x 200 ms.
-    assert node.latency.percentile(95) < 1000.0, node.latency.percentile(95)
-    assert stats.latency_p95_ms < 1000.0
+    # At most one pair waits while one is processed: stamp -> publish stays ~2 x 200 ms. A
+    # queue would make most samples grow; a shared CI machine stalling the whole process for a
+    # second now and then only touches the tail, hence p50 tight and p95 loose.
+    assert node.latency.percentile(50) < 1000.0, node.latency.percentile(50)
+    assert node.latency.percentile(95) < 3000.0, node.latency.percentile(95)
+    assert stats.latency_p50_ms < 1000.0
     values = {kv.key: kv.value for kv in node.diagnostics().values}
     assert values['dropped_pairs'] == str(stats.dropped)
     print(f'30 Hz -> 200 ms model: {stats.submitted} submitted, {stats.processed} processed, '
