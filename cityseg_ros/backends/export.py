@@ -56,7 +56,7 @@ MAX_BATCH = 256
 #: cannot hold 2 GiB; InternImage-XL has 1.5 GB of weights).
 EXTERNAL_DATA_BYTES = 1 << 30
 #: Bumped when the exported graph changes for the same network (cache keys include it).
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 
 
 def prepare_network(name: str, weights: Optional[str]) -> nn.Module:
@@ -147,10 +147,12 @@ def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int
         # modules may take inference-only shortcuts (oneDNN calls) that cannot be traced.
         with exportable(net), contextlib.redirect_stdout(chatter), _quiet_exporter(), \
                 torch.inference_mode(False), torch.enable_grad():
+            program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes,
+                                          strict=False)
+            program = program.run_decompositions(_DECOMPOSITIONS)
             program = torch.onnx.export(
-                net, (example,), dynamo=True, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic_shapes,
-                optimize=False, verbose=False)
+                program, (example,), dynamo=True, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], opset_version=opset, optimize=False, verbose=False)
             if optimize:
                 _optimize(program.model)
     except Exception as exc:  # noqa: B902 -- the exporter raises many kinds; one line
@@ -177,6 +179,43 @@ def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info('exported %s to %s in %.1f s', name, out, time.perf_counter() - start)
     return out
+
+
+def _pooling_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+    """Return the size_out x size_in matrix of adaptive average pooling along one axis.
+
+    Row i averages input cells ``floor(i * n / m)`` to ``ceil((i + 1) * n / m) - 1``, as ATen's
+    adaptive pooling does; built from aranges, so the exported graph folds it to a constant.
+    """
+    i = torch.arange(size_out, device=like.device)
+    start = torch.div(i * size_in, size_out, rounding_mode='floor')
+    end = -torch.div(-(i + 1) * size_in, size_out, rounding_mode='floor')
+    j = torch.arange(size_in, device=like.device)
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+def _adaptive_avg_pool2d(x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+    """Adaptive average pooling as ONNX runtimes run well: AvgPool, or two small MatMuls.
+
+    Sides that divide evenly give a plain average pooling (what the exporter writes anyway).
+    Otherwise torch's decomposition becomes gathers over index tensors, a masked sum and a
+    reference ReduceMean kernel in OpenVINO (a quarter of ESPNetv2's time); pooling is linear
+    and separable, so ``P_h @ x @ P_w^T`` with constant pooling matrices is the same operator.
+    """
+    h_in, w_in = int(x.shape[-2]), int(x.shape[-1])
+    h_out, w_out = (int(v) for v in output_size)
+    if h_in % h_out == 0 and w_in % w_out == 0:
+        kernel = (h_in // h_out, w_in // w_out)
+        return torch.nn.functional.avg_pool2d(x, kernel, kernel)
+    rows = _pooling_matrix(h_in, h_out, x)
+    cols = _pooling_matrix(w_in, w_out, x).transpose(0, 1)
+    return torch.matmul(torch.matmul(rows, x), cols)
+
+
+#: Decompositions applied before the exporter's own (``ExportedProgram.run_decompositions``).
+_DECOMPOSITIONS = {torch.ops.aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
+                   torch.ops.aten._adaptive_avg_pool2d.default: _adaptive_avg_pool2d}
 
 
 def _optimize(model) -> None:

@@ -91,3 +91,12 @@ def test_large_weights_go_to_a_data_file_beside_the_graph(tmp_path, monkeypatch)
 def test_opset_below_17_is_refused(tmp_path):
     with pytest.raises(ConfigError, match='opset 16 is too old'):
         export_onnx(torch.nn.Conv2d(3, 8, 1), tmp_path / 'm.onnx', (32, 32), opset=16)
+
+
+@pytest.mark.parametrize('size_in, size_out', [((32, 64), (16, 32)), ((48, 96), (32, 64)),
+                                               ((3, 5), (6, 6)), ((9, 17), (3, 2)),
+                                               ((7, 7), (1, 1))])
+def test_adaptive_pooling_as_matmuls_equals_torch(size_in, size_out):
+    x = torch.randn((2, 5) + size_in, generator=torch.Generator().manual_seed(0))
+    got = export._adaptive_avg_pool2d(x, size_out)
+    assert torch.allclose(got, torch.nn.functional.adaptive_avg_pool2d(x, size_out), atol=1e-6)
