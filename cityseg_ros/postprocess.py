@@ -229,7 +229,7 @@ class LabelMaker:
         # count of 1 is a sure winner (no tie, no close runner-up) and names it.
         near = planes >= best - tolerance
         code = torch.arange(classes, dtype=torch.int16, device=chw.device).mul_(32).add_(1)
-        summed = (near.to(torch.int16) * code[:, None, None]).sum(dim=0, dtype=torch.int16)
+        summed = (near * code[:, None, None]).sum(dim=0, dtype=torch.int16)
         winner = torch.where((summed & 31) == 1, summed >> 5, _UNDECIDED)
         winner = winner.to(torch.uint8).cpu().numpy()
         # A cell is the square between low-res (r, c) and (r + 1, c + 1), clamped at the last
