@@ -747,9 +747,14 @@ class _Plan:
                    for m in (model.bu_br_l2, model.bu_br_l3, model.bu_br_l4)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        image4 = _pool_half(_pool_half(x))
+        # The image pyramid: pooling 3 channels is faster planar, with the same result.
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        image4 = _pool_half(_pool_half(x.contiguous()))
         image8 = _pool_half(image4)
         image16 = _pool_half(image8)
+        image4, image8, image16 = (t.contiguous(memory_format=fmt)
+                                   for t in (image4, image8, image16))
         l1 = F.prelu(_conv(x, self.level1), self.level1_act)
         l2 = self.level2_0(l1, image4)
         l3 = self.level3_0(l2, image8)
