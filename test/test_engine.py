@@ -307,3 +307,11 @@ def test_labels_on_the_real_frames_equal_todays_path(cityscapes_root, espnetv2_w
         assert np.array_equal(new.labels, labels)
         diff = np.abs(new.confidence.astype(int) - conf)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float summation order only
+
+
+@pytest.mark.parametrize('shape', [(1024, 2048), (1080, 1920), (481, 641), (64, 128)])
+def test_planar_preprocessing_is_bit_identical(shape):
+    seg = Segmenter('espnetv2', weights=None, device='cpu', input_size=(96, 160))
+    image = _images(shape, seed=7)[0]
+    with torch.inference_mode():
+        assert torch.equal(seg._preprocess_one(image), seg.preprocess([image]))
