@@ -674,11 +674,12 @@ class _PyrPlan:
         width = conv.out_channels
         self.level_acts = [act.weight[j * width:(j + 1) * width].detach().contiguous()
                            for j in range(len(self.stages))]
-        self.merge = [_Conv.of(conv, weight=conv.weight[:, j:j + 1]) for j in
-                      range(len(self.stages))]
-        self.merge = [self.merge[0]] + [
-            _Conv(c.weight, None, c.stride, c.padding, c.dilation, c.groups)
-            for c in self.merge[1:]]
+        # EfficientPyrPool._merge: level j meets input j of each group; the bias once.
+        self.merge = []
+        for j in range(len(self.stages)):
+            c = _Conv.of(conv, weight=conv.weight[:, j:j + 1])
+            self.merge.append(c if j == 0 else _Conv(c.weight, None, c.stride, c.padding,
+                                                     c.dilation, c.groups))
         self.merge_act = _prelu(conv_act)
         self.out = _Conv.of(m.merge_layer[3])
         self.out_act = None if m.br is None else _prelu(m.br.br[1])
@@ -717,7 +718,7 @@ class _PwPlan:
 
 
 class _Plan:
-    """ESPNetv2 after ``fuse_bn`` as plain function calls, for single images on CPU.
+    """ESPNetv2 after ``fuse_bn`` as plain function calls, for CPU inference.
 
     The operations and their order are the modules' (see ``test_espnetv2.py``: the logits are
     bit-identical), minus what costs time without changing a bit: module-call overhead, the

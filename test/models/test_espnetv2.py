@@ -168,10 +168,10 @@ def test_official_weights_segment_a_real_frame(shared, cityscapes_root):
     assert not (labels == 19).any()  # EdgeNets' untrained "background" channel never wins
 
 
-def _fused_pair(seed: int = 0):
+def _fused_pair(seed: int = 0, s: float = 2.0):
     """Return a fused model with non-trivial BatchNorms, and a copy that runs its modules."""
     torch.manual_seed(seed)
-    model = espnetv2_city().eval()
+    model = espnetv2_city(s=s).eval()
     _randomize_batchnorm(model, seed)
     model.fuse_bn().to(memory_format=torch.channels_last)
     reference = copy.deepcopy(model)
@@ -179,10 +179,11 @@ def _fused_pair(seed: int = 0):
     return model, reference
 
 
-@pytest.mark.parametrize('height, width', [(64, 128), (65, 129), (96, 160)])
+@pytest.mark.parametrize('height, width, s', [(64, 128, 2.0), (65, 129, 2.0), (96, 160, 2.0),
+                                              (64, 128, 0.5)])
 @pytest.mark.parametrize('threads', [1, 2])
-def test_cpu_plan_logits_are_bit_identical_to_the_modules(height, width, threads):
-    model, reference = _fused_pair()
+def test_cpu_plan_logits_are_bit_identical_to_the_modules(height, width, s, threads):
+    model, reference = _fused_pair(s=s)
     x = torch.randn(1, 3, height, width).contiguous(memory_format=torch.channels_last)
     before = torch.get_num_threads()
     try:
