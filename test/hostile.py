@@ -34,8 +34,14 @@ GIB = 2**30
 #: The address-space cap of :func:`run_child`: what the issue's checks run under.
 RLIMIT_AS = 4 * GIB
 
+# peak_rss(): this process's own high-water mark. Not getrusage's ru_maxrss: Linux carries
+# that over from the parent across fork + exec, so a child of a large pytest process would
+# report the parent's peak.
 _PRELUDE = (f'import resource; resource.setrlimit(resource.RLIMIT_AS, ({RLIMIT_AS}, {RLIMIT_AS}))'
-            '\n')
+            '\n'
+            'def peak_rss():\n'
+            '    with open("/proc/self/status") as f:\n'
+            '        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))\n')
 
 
 def run_child(code, *args, timeout=600):

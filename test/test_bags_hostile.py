@@ -44,7 +44,7 @@ try:
             result['images'] += 1
 except BagError as exc:
     result['error'] = str(exc)
-result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+result['peak_rss'] = peak_rss()
 print(json.dumps(result))
 """
 

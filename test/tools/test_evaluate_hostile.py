@@ -422,7 +422,7 @@ for tool, argv in json.loads(sys.argv[1]):
             os.close(saved)
         err.seek(0)
         results.append({'code': code, 'stderr': err.read().decode(errors='replace')})
-results.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+results.append(peak_rss())
 print(json.dumps(results))
 """
 

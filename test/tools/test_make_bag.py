@@ -337,7 +337,7 @@ with tempfile.TemporaryFile() as err:
     sys.stderr.flush()
     err.seek(0)
     text = err.read().decode(errors='replace')
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss()
 print(json.dumps({'code': code, 'stderr': text, 'peak': peak}))
 """
 
