@@ -106,11 +106,17 @@ deadline = time.monotonic() + budget
 print(environment_line())
 print()
 print(markdown_table(backends_table.HEADER, []), flush=True)
+notes = []
 for model in models:  # rows as they come: a timeout loses only the model in progress
     table = backends_table.run(models=[model], device='cuda', runs=10, variants=variants,
                                budget_s=max(0.0, deadline - time.monotonic()))
-    print('\n'.join(table.splitlines()[2:]), flush=True)
+    lines = table.splitlines()
+    notes.append(lines[0])
+    print('\n'.join(line for line in lines[1:] if line.startswith('| ')
+                    and not line.startswith('| model |')), flush=True)
     print(f'{model} done at {budget - (deadline - time.monotonic()):.0f} s', file=sys.stderr)
+print()
+print('\n'.join(notes))
 EOF
 log "table: exit ${PIPESTATUS[0]}"
 [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] && cp "$report" "$OUT/" 2>/dev/null

@@ -20,12 +20,17 @@ For each model at its test size (or ``sizes``) the fp32 torch path is the refere
 them from the engine cache), the network forward (``Segmenter.logits``: the graph plus the
 19-channel slice), ``predict`` of a 2048x1024 stereo pair (resize, forward, upsampling, labels),
 the largest logit difference from the reference and the share of pixels whose argmax agrees.
-Every Segmenter is built after the same ``torch.manual_seed`` so that random weights are the
-same weights in every row. A backend that is not installed, or fails, is a row that says so;
-a time budget turns the remaining rows into "skipped" rows (``scripts/device_check.sh``).
+Inputs are real when ../shared or the weights cache has them: the model's released weights and
+the Cityscapes stereo pair; otherwise random weights (the same in every row: each Segmenter is
+built after the same ``torch.manual_seed``) and smooth random frames. Random weights can drive
+activations into denormal floats, which torch computes slowly on CPU while ONNX Runtime and
+OpenVINO flush them to zero: compare backends with real weights. A backend that is not
+installed, or fails, is a row that says so; a time budget turns the remaining rows into
+"skipped" rows (``scripts/device_check.sh``).
 """
 
 import logging
+from pathlib import Path
 import time
 from typing import Optional, Sequence
 
@@ -46,6 +51,8 @@ CPU_VARIANTS = (('torch', 'fp32'), ('onnxruntime', 'fp32'), ('openvino', 'fp32')
 CUDA_VARIANTS = (('torch', 'fp32'), ('torch', 'fp16'), ('onnxruntime', 'fp16'),
                  ('tensorrt', 'fp16'), ('onnxruntime', 'fp32'), ('tensorrt', 'fp32'))
 PAIR_SIZE = (1024, 2048)
+_SHARED = Path(__file__).resolve().parents[3] / 'shared' / 'data'
+_PAIR = ('val', 'frankfurt', 'frankfurt_000000_009291')
 HEADER = ['model', 'input HxW', 'backend', 'precision', 'runs on', 'first call s',
           'forward ms (p50)', 'forward ms (p95)', 'predict pair ms (p50, 2x 2048x1024)',
           'max |logit diff|', 'labels agree %']
@@ -62,10 +69,37 @@ def _frame(seed: int) -> np.ndarray:
     return cv2.resize(small, PAIR_SIZE[::-1], interpolation=cv2.INTER_LINEAR)
 
 
+def _real_weights(name: str) -> Optional[str]:
+    """Return the model's released file from ../shared or the weights cache, if present."""
+    from cityseg_ros.checkpoints import cache_dir
+    from cityseg_ros.models.zoo import get_spec
+
+    spec = get_spec(name)
+    if not spec.weights:
+        return None
+    filename = spec.weights[0].filename
+    found = [p for p in (_SHARED / 'weights' / name / filename, cache_dir() / filename)
+             if p.is_file()]
+    return str(found[0]) if found else None
+
+
+def _pair() -> tuple:
+    """Return the Cityscapes stereo pair from ../shared, else two smooth random frames."""
+    from cityseg_ros.imageio import read_rgb
+
+    split, city, stem = _PAIR
+    root = _SHARED / 'cityscapes'
+    paths = (root / 'leftImg8bit' / split / city / f'{stem}_leftImg8bit.png',
+             root / 'rightImg8bit' / split / city / f'{stem}_rightImg8bit.png')
+    if all(p.is_file() for p in paths):
+        return [read_rgb(p) for p in paths], f'Cityscapes {stem} left + right'
+    return [_frame(1), _frame(2)], 'smooth random 2048x1024 frames (../shared absent)'
+
+
 def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int = 5,
         backends: Optional[Sequence[str]] = None, sizes: Optional[Sequence] = None,
         weights: Optional[str] = None, budget_s: Optional[float] = None,
-        variants: Optional[Sequence] = None) -> str:
+        variants: Optional[Sequence] = None, random_weights: bool = False) -> str:
     """Time and compare every (backend, precision) on every model.
 
     Args:
@@ -75,25 +109,30 @@ def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int =
         backends: keep only these backends (the torch fp32 reference always runs).
         sizes: (H, W) network input sizes, one per model or one for all; default the
             models' test sizes.
-        weights: a checkpoint path or 'auto'; default random weights (same seed in every row).
+        weights: a checkpoint path or 'auto' for every model; default: each model's released
+            file when ../shared or the cache has it, else random weights.
         budget_s: seconds after which the remaining rows are skipped (not started).
         variants: (backend, precision) pairs instead of the device's default list.
+        random_weights: use random weights even when a released file is at hand.
 
     Returns:
-        A markdown table.
+        Two lines on the inputs, then a markdown table.
     """
     deadline = None if budget_s is None else time.monotonic() + budget_s
     chosen = list(variants or (CUDA_VARIANTS if _is_cuda(device) else CPU_VARIANTS))
     if backends:
         chosen = [v for v in chosen if v[0] in backends or v == chosen[0]]
-    pair = [_frame(1), _frame(2)]
-    rows = []
+    pair, pair_text = _pair()
+    rows, used = [], []
     for i, name in enumerate(models):
         size = None
         if sizes:
             size = tuple(sizes[i] if len(sizes) == len(models) else sizes[0])
-        rows += _model_rows(name, device, size, weights, chosen, runs, pair, deadline)
-    return markdown_table(HEADER, rows)
+        model_weights = weights or (None if random_weights else _real_weights(name))
+        used.append(f'{name}: {Path(model_weights).name if model_weights else "random (seed 0)"}')
+        rows += _model_rows(name, device, size, model_weights, chosen, runs, pair, deadline)
+    return (f'Input: {pair_text}; weights: {"; ".join(used)}.\n\n'
+            + markdown_table(HEADER, rows))
 
 
 def _build(name, device, size, weights, backend, precision) -> Segmenter:
