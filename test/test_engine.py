@@ -315,3 +315,12 @@ def test_planar_preprocessing_is_bit_identical(shape):
     image = _images(shape, seed=7)[0]
     with torch.inference_mode():
         assert torch.equal(seg._preprocess_one(image), seg.preprocess([image]))
+
+
+def test_strided_and_reversed_views_are_accepted(seg):
+    image = _images((128, 256), seed=9)[0]
+    views = [image[..., ::-1], image[::-1], image[:, ::2], image[10:90, 20:200]]
+    for view in views:
+        expected = seg.predict([np.ascontiguousarray(view)])[0].labels
+        assert np.array_equal(seg.predict([view])[0].labels, expected)
+        assert np.array_equal(seg.predict([view, view])[1].labels, expected)
