@@ -37,6 +37,7 @@ from cityseg_ros.errors import ConfigError
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 __all__ = ['compare_with_onnxruntime', 'export_onnx', 'exportable', 'INPUT_NAME', 'MIN_OPSET',
            'OPSET', 'OUTPUT_NAME', 'prepare_network']
@@ -56,7 +57,7 @@ MAX_BATCH = 256
 #: cannot hold 2 GiB; InternImage-XL has 1.5 GB of weights).
 EXTERNAL_DATA_BYTES = 1 << 30
 #: Bumped when the exported graph changes for the same network (cache keys include it).
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 
 
 def prepare_network(name: str, weights: Optional[str]) -> nn.Module:
@@ -195,22 +196,42 @@ def _pooling_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Te
     return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
 
-def _adaptive_avg_pool2d(x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
-    """Adaptive average pooling as ONNX runtimes run well: AvgPool, or two small MatMuls.
+def _pool_axis(x: torch.Tensor, dim: int, size_out: int) -> torch.Tensor:
+    """Adaptive average pooling of one axis (-2 or -1) of an N,C,H,W tensor."""
+    size_in = int(x.shape[dim])
+    if size_in == size_out:
+        return x
 
-    Sides that divide evenly give a plain average pooling (what the exporter writes anyway).
-    Otherwise torch's decomposition becomes gathers over index tensors, a masked sum and a
-    reference ReduceMean kernel in OpenVINO (a quarter of ESPNetv2's time); pooling is linear
-    and separable, so ``P_h @ x @ P_w^T`` with constant pooling matrices is the same operator.
+    def window(k: int, stride: int) -> tuple:
+        return ((k, 1), (stride, 1)) if dim == -2 else ((1, k), (1, stride))
+    if size_in % size_out == 0:
+        return F.avg_pool2d(x, *window(size_in // size_out, size_in // size_out))
+    starts = [(i * size_in) // size_out for i in range(size_out)]
+    lengths = {-(-(i + 1) * size_in // size_out) - start for i, start in enumerate(starts)}
+    if len(lengths) == 1:  # e.g. 1.5x: every window 2 wide, starting at floor(1.5 i)
+        pooled = F.avg_pool2d(x, *window(lengths.pop(), 1))
+        index = torch.div(torch.arange(size_out, device=x.device) * size_in, size_out,
+                          rounding_mode='floor')
+        return torch.index_select(pooled, x.dim() + dim, index)
+    matrix = _pooling_matrix(size_in, size_out, x)
+    return torch.matmul(matrix, x) if dim == -2 else torch.matmul(x, matrix.transpose(0, 1))
+
+
+def _adaptive_avg_pool2d(x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+    """Adaptive average pooling as ONNX runtimes run it well: AvgPool, Gather, small MatMuls.
+
+    torch's own decomposition of uneven sizes becomes gathers over index tensors, a masked
+    sum and OpenVINO's reference ReduceMean kernel (a quarter of ESPNetv2's time). Pooling is
+    separable: each axis is pooled on its own, by a strided AvgPool when the sizes divide, by
+    a stride-1 AvgPool and a Gather of the window starts when all windows have one width (the
+    1.5x pyramid level of ESPNetv2), else by a MatMul with the constant pooling matrix.
     """
-    h_in, w_in = int(x.shape[-2]), int(x.shape[-1])
     h_out, w_out = (int(v) for v in output_size)
+    h_in, w_in = int(x.shape[-2]), int(x.shape[-1])
     if h_in % h_out == 0 and w_in % w_out == 0:
         kernel = (h_in // h_out, w_in // w_out)
-        return torch.nn.functional.avg_pool2d(x, kernel, kernel)
-    rows = _pooling_matrix(h_in, h_out, x)
-    cols = _pooling_matrix(w_in, w_out, x).transpose(0, 1)
-    return torch.matmul(torch.matmul(rows, x), cols)
+        return F.avg_pool2d(x, kernel, kernel)
+    return _pool_axis(_pool_axis(x, -2, h_out), -1, w_out)
 
 
 #: Decompositions applied before the exporter's own (``ExportedProgram.run_decompositions``).

@@ -24,6 +24,7 @@ import hashlib
 import logging
 from pathlib import Path
 import platform
+import threading
 from typing import Callable, Optional, Sequence
 
 from cityseg_ros.backends.cache import CacheKey, EngineCache, state_sha256
@@ -89,6 +90,7 @@ class GraphBackend:
         self._say = progress or logger.info
         self._weights_sha256: Optional[str] = None
         self._runners: 'OrderedDict[tuple, Callable]' = OrderedDict()
+        self._lock = threading.Lock()
         self.provider = ''
 
     # -- what subclasses provide --------------------------------------------------------------
@@ -149,16 +151,18 @@ class GraphBackend:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits of a normalised N,3,H,W float batch, on ``x``'s device."""
         key = self.runner_key(tuple(x.shape))
-        runner = self._runners.get(key)
-        if runner is None:
-            runner = self.make_runner(tuple(x.shape))
-            self._runners[key] = runner
-            while len(self._runners) > MAX_RUNNERS:
-                self._runners.popitem(last=False)
-        else:
-            self._runners.move_to_end(key)
+        with self._lock:  # two threads never build the same runner
+            runner = self._runners.get(key)
+            if runner is None:
+                runner = self.make_runner(tuple(x.shape))
+                self._runners[key] = runner
+                while len(self._runners) > MAX_RUNNERS:
+                    self._runners.popitem(last=False)
+            else:
+                self._runners.move_to_end(key)
         return runner(x)
 
     def close(self) -> None:
-        """Drop the runners (sessions, engines) and the network."""
-        self._runners.clear()
+        """Drop the runners (sessions, engines)."""
+        with self._lock:
+            self._runners.clear()

@@ -23,6 +23,7 @@ the OpenVINO version, the CPU and its instruction sets, and imported on the next
 """
 
 from pathlib import Path
+import threading
 from typing import Callable, Optional, Sequence
 
 from cityseg_ros.backends import require
@@ -108,16 +109,18 @@ class OpenVinoBackend(GraphBackend):
 
 
 class _Runner:
-    """Synchronous inference on one request; the input is shared, not copied."""
+    """Synchronous inference on one request (one caller at a time); the input is not copied."""
 
     def __init__(self, compiled) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
+        self._lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device
         array = x.detach().float().contiguous().cpu().numpy()
-        self.request.infer({0: array}, share_inputs=True)
-        # The output buffer belongs to the request and is overwritten by the next call.
-        out = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        with self._lock:
+            self.request.infer({0: array}, share_inputs=True)
+            # The output buffer belongs to the request and is overwritten by the next call.
+            out = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
         return out.to(device)

@@ -25,6 +25,7 @@ bound in place on torch's CUDA stream (``execute_async_v3``), no copies.
 
 import logging
 from pathlib import Path
+import threading
 import time
 from typing import Callable, Optional, Sequence
 
@@ -184,9 +185,14 @@ class _Runner:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.context = engine.create_execution_context()
+        self._lock = threading.Lock()  # one execution context: one caller at a time
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().contiguous()
+        with self._lock:
+            return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
         out = torch.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)),
                           dtype=torch.float32, device=x.device)

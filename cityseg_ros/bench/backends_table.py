@@ -29,8 +29,13 @@ installed, or fails, is a row that says so; a time budget turns the remaining ro
 "skipped" rows (``scripts/device_check.sh``).
 """
 
+import argparse
+import json
 import logging
 from pathlib import Path
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -41,7 +46,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ['CPU_VARIANTS', 'CUDA_VARIANTS', 'run']
+__all__ = ['CPU_VARIANTS', 'CUDA_VARIANTS', 'measure_row', 'run']
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +104,8 @@ def _pair() -> tuple:
 def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int = 5,
         backends: Optional[Sequence[str]] = None, sizes: Optional[Sequence] = None,
         weights: Optional[str] = None, budget_s: Optional[float] = None,
-        variants: Optional[Sequence] = None, random_weights: bool = False) -> str:
+        variants: Optional[Sequence] = None, random_weights: bool = False,
+        isolate: bool = True) -> str:
     """Time and compare every (backend, precision) on every model.
 
     Args:
@@ -114,6 +120,7 @@ def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int =
         budget_s: seconds after which the remaining rows are skipped (not started).
         variants: (backend, precision) pairs instead of the device's default list.
         random_weights: use random weights even when a released file is at hand.
+        isolate: measure each row in a fresh process (see :func:`_in_child`).
 
     Returns:
         Two lines on the inputs, then a markdown table.
@@ -122,7 +129,7 @@ def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int =
     chosen = list(variants or (CUDA_VARIANTS if _is_cuda(device) else CPU_VARIANTS))
     if backends:
         chosen = [v for v in chosen if v[0] in backends or v == chosen[0]]
-    pair, pair_text = _pair()
+    _, pair_text = _pair()
     rows, used = [], []
     for i, name in enumerate(models):
         size = None
@@ -130,7 +137,7 @@ def run(models: Sequence[str] = ('espnetv2',), device: str = 'auto', runs: int =
             size = tuple(sizes[i] if len(sizes) == len(models) else sizes[0])
         model_weights = weights or (None if random_weights else _real_weights(name))
         used.append(f'{name}: {Path(model_weights).name if model_weights else "random (seed 0)"}')
-        rows += _model_rows(name, device, size, model_weights, chosen, runs, pair, deadline)
+        rows += _model_rows(name, device, size, model_weights, chosen, runs, deadline, isolate)
     return (f'Input: {pair_text}; weights: {"; ".join(used)}.\n\n'
             + markdown_table(HEADER, rows))
 
@@ -141,58 +148,95 @@ def _build(name, device, size, weights, backend, precision) -> Segmenter:
                      input_size=size, backend=backend)
 
 
-def _model_rows(name, device, size, weights, variants, runs, pair, deadline) -> list:
+def _model_rows(name, device, size, weights, variants, runs, deadline, isolate) -> list:
     label = [name, 'x'.join(str(s) for s in size) if size else '']
-    if deadline is not None and time.monotonic() > deadline:
-        return [label + [b, p, 'skipped: time budget'] + [''] * 6 for b, p in variants]
-    try:
-        ref = _build(name, device, size, weights, 'torch', 'fp32')
-    except (CitysegError, RuntimeError, MemoryError) as exc:
-        return [label + ['torch', 'fp32', f'error: {_first_line(exc)}'] + [''] * 6]
-    label[1] = f'{ref.input_size[0]}x{ref.input_size[1]}'
-    with torch.inference_mode():
-        x = ref.preprocess(pair[:1])
-        reference = ref.logits(x)
     rows = []
-    for backend, precision in variants:
-        if deadline is not None and time.monotonic() > deadline:
-            rows.append(label + [backend, precision, 'skipped: time budget'] + [''] * 6)
-            continue
-        seg = ref if (backend, precision) == ('torch', 'fp32') else None
-        rows.append(label + [backend, precision] + _measure(
-            seg, name, device, size, weights, backend, precision, x, reference, runs, pair))
-    ref.close()
+    with tempfile.TemporaryDirectory(prefix='cityseg-backends-') as tmp:
+        reference = str(Path(tmp) / 'reference.pt')
+        for backend, precision in variants:
+            if deadline is not None and time.monotonic() > deadline:
+                rows.append(label + [backend, precision, 'skipped: time budget'] + [''] * 6)
+                continue
+            config = {'model': name, 'device': device, 'size': size, 'weights': weights,
+                      'backend': backend, 'precision': precision, 'runs': runs,
+                      'reference': reference}
+            result = _in_child(config, deadline) if isolate else measure_row(config)
+            label[1] = result.get('input_size') or label[1]
+            rows.append(label + [backend, precision] + result['cells'])
     return rows
 
 
-def _measure(seg, name, device, size, weights, backend, precision, x, reference, runs,
-             pair) -> list:
-    own = seg is None
+def _in_child(config: dict, deadline: Optional[float]) -> dict:
+    """Measure one row in a fresh process: no thread pool or arena of an earlier row lingers.
+
+    (ONNX Runtime's, OpenVINO's and torch's worker threads of one process compete for the
+    cores; measured in one process, a row runs slower after the rows before it.)
+    """
+    timeout = None if deadline is None else max(30.0, deadline - time.monotonic() + 60.0)
+    cmd = [sys.executable, '-m', 'cityseg_ros.bench.backends_table', '--row', json.dumps(config)]
     try:
-        if own:
-            seg = _build(name, device, size, weights, backend, precision)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {'cells': ['error: timed out (time budget)'] + [''] * 6}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith('{'):
+            return json.loads(line)
+    tail = (done.stderr.strip().splitlines() or [f'exit {done.returncode}'])[-1]
+    return {'cells': [f'error: {tail[:120]}'] + [''] * 6}
+
+
+def measure_row(config: dict) -> dict:
+    """Measure one (model, backend, precision); the torch fp32 row writes the reference.
+
+    Args:
+        config: model, device, size, weights, backend, precision, runs and ``reference``
+            (a file: the fp32 torch row saves its input batch and logits there, the other
+            rows load them, so every row sees the same input).
+
+    Returns:
+        ``{'cells': [...], 'input_size': 'HxW'}``, the row's cells after backend/precision.
+    """
+    backend, precision = config['backend'], config['precision']
+    seg = None
+    try:
+        seg = _build(config['model'], config['device'], config['size'], config['weights'],
+                     backend, precision)
+        pair, _ = _pair()
+        path = Path(config['reference'])
         with torch.inference_mode():
+            if path.is_file():
+                saved = torch.load(path, weights_only=True)
+                x, reference = saved['x'].to(seg.device), saved['logits'].to(seg.device)
+            else:
+                x, reference = seg.preprocess(pair[:1]), None
             start = time.perf_counter()
             logits = seg.logits(x)  # builds or loads the graph / engine
             if logits.is_cuda:
                 torch.cuda.synchronize()
             first = time.perf_counter() - start
-            forward = time_call(lambda: seg.logits(x), runs=runs)
-        predict = time_call(lambda: seg.predict(pair), runs=max(2, runs // 2))
+            if reference is None and (backend, precision) == ('torch', 'fp32'):
+                torch.save({'x': x.cpu().contiguous(), 'logits': logits.cpu()}, path)
+                reference = logits
+            forward = time_call(lambda: seg.logits(x), runs=config['runs'])
+        predict = time_call(lambda: seg.predict(pair), runs=max(2, config['runs'] // 2))
     except CitysegError as exc:  # a missing extra, an unserved device or precision
         text = str(exc)
         status = (f'not installed: {text[text.index("pip install"):]}'
                   if 'pip install' in text else f'unavailable: {_first_line(exc)}')
-        return [status] + [''] * 6
+        return {'cells': [status] + [''] * 6}
     except (RuntimeError, MemoryError) as exc:  # OOM, unsupported kernels
-        return [f'error: {_first_line(exc)}'] + [''] * 6
+        return {'cells': [f'error: {_first_line(exc)}'] + [''] * 6}
     finally:
-        if own and seg is not None:
+        if seg is not None:
             seg.close()
-    diff = float((logits.float() - reference).abs().max())
-    agree = float((logits.argmax(1) == reference.argmax(1)).float().mean()) * 100.0
-    return [str(seg.backend), f'{first:.1f}', f'{forward.median_ms:.1f}',
-            f'{forward.p95_ms:.1f}', f'{predict.median_ms:.1f}', f'{diff:.2e}', f'{agree:.3f}']
+    if reference is None:
+        diff, agree = 'n/a', 'n/a'
+    else:
+        diff = f'{float((logits.float() - reference).abs().max()):.2e}'
+        agree = f'{float((logits.argmax(1) == reference.argmax(1)).float().mean()) * 100:.3f}'
+    return {'cells': [str(seg.backend), f'{first:.1f}', f'{forward.median_ms:.1f}',
+                      f'{forward.p95_ms:.1f}', f'{predict.median_ms:.1f}', diff, agree],
+            'input_size': f'{seg.input_size[0]}x{seg.input_size[1]}'}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -200,7 +244,19 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:120]
 
 
-if __name__ == '__main__':  # python -m cityseg_ros.bench.backends_table [device]
-    import sys
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    print(run(device=sys.argv[1] if len(sys.argv) > 1 else 'auto', runs=3))
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``--row JSON``: measure one row (what :func:`run` starts); else print the CPU table."""
+    parser = argparse.ArgumentParser(prog='python -m cityseg_ros.bench.backends_table')
+    parser.add_argument('--row', help='one row as JSON (internal)')
+    parser.add_argument('--device', default='auto')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    if args.row:
+        print(json.dumps(measure_row(json.loads(args.row))), flush=True)
+    else:
+        print(run(device=args.device, runs=3))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -55,7 +55,8 @@ def test_backends_table_says_what_is_not_installed(monkeypatch):
     from cityseg_ros.bench import backends_table
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)
     table = backends_table.run(models=['espnetv2'], device='cpu', runs=1, sizes=[(64, 128)],
-                               variants=[('torch', 'fp32'), ('onnxruntime', 'fp32')])
+                               variants=[('torch', 'fp32'), ('onnxruntime', 'fp32')],
+                               isolate=False)
     torch_row, ort_row = [line for line in table.splitlines() if line.startswith('| espnetv2')]
     assert '| torch | fp32 | torch ' in torch_row and '100.000' in torch_row
     assert 'not installed: pip install .[onnx]' in ort_row
