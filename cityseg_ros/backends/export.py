@@ -57,7 +57,7 @@ MAX_BATCH = 256
 #: cannot hold 2 GiB; InternImage-XL has 1.5 GB of weights).
 EXTERNAL_DATA_BYTES = 1 << 30
 #: Bumped when the exported graph changes for the same network (cache keys include it).
-EXPORT_VERSION = 3
+EXPORT_VERSION = 5
 
 
 def prepare_network(name: str, weights: Optional[str]) -> nn.Module:
@@ -80,19 +80,72 @@ def prepare_network(name: str, weights: Optional[str]) -> nn.Module:
     return net.eval()
 
 
+#: Grouped 3x3 convolutions with at most this many input (and 4 output) channels per group
+#: run on a generic, slow oneDNN kernel (OpenVINO's too); they are exported regrouped.
+_THIN_GROUP_IN = 8
+_REGROUP_IN = 32
+
+
+def _regroup_factor(conv: nn.Module) -> int:
+    """How many groups of ``conv`` to merge into one (1: leave it as it is)."""
+    if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3) or conv.groups < 16:
+        return 1
+    in_per, out_per = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    if conv.groups == conv.in_channels or in_per > _THIN_GROUP_IN or out_per > 4:
+        return 1  # depth-wise and wide groups have fast kernels
+    ratio = -(-_REGROUP_IN // in_per)
+    while conv.groups % ratio:
+        ratio += 1
+    return ratio if ratio < conv.groups else 1
+
+
+def _regrouped(conv: nn.Conv2d, ratio: int) -> nn.Conv2d:
+    """Return the same convolution with ``ratio`` times fewer, wider groups (zeros between).
+
+    Group g of the original becomes block g % ratio of the new group g // ratio: it reads the
+    same inputs and writes the same outputs, and the zero weights add exact zeros. ESPNetv2's
+    16-group 8 -> 3 channel decoder convolution runs about 3x faster this way in OpenVINO.
+    """
+    groups = conv.groups // ratio
+    out_per, in_per = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+    wide = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                     conv.padding, conv.dilation, groups, conv.bias is not None,
+                     conv.padding_mode)
+    weight = conv.weight.detach().new_zeros(conv.out_channels, in_per * ratio,
+                                            *conv.kernel_size)
+    for g in range(conv.groups):
+        k = g % ratio
+        weight[g * out_per:(g + 1) * out_per, k * in_per:(k + 1) * in_per] = \
+            conv.weight.detach()[g * out_per:(g + 1) * out_per]
+    wide.weight = nn.Parameter(weight, requires_grad=False)
+    if conv.bias is not None:
+        wide.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+    return wide.eval()
+
+
 @contextlib.contextmanager
 def exportable(net: nn.Module):
-    """Switch every DCNv3 of ``net`` to the exportable core for the duration; then restore."""
+    """Make ``net`` exportable and fast in the runtimes for the duration; then restore it.
+
+    Every DCNv3 switches to the exportable core, and thin grouped 3x3 convolutions are
+    regrouped (:func:`_regrouped`, the same operator).
+    """
     from cityseg_ros.models.dcnv3 import DCNv3
 
     saved = [(m, m.core) for m in net.modules() if isinstance(m, DCNv3)]
+    swapped = [(parent, name, child) for parent in net.modules()
+               for name, child in parent.named_children() if _regroup_factor(child) > 1]
     try:
         for module, _ in saved:
             module.core = EXPORT_DCN_CORE
+        for parent, name, child in swapped:
+            setattr(parent, name, _regrouped(child, _regroup_factor(child)))
         yield net
     finally:
         for module, core in saved:
             module.core = core
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def _weight_bytes(net: nn.Module) -> int:
@@ -144,10 +197,11 @@ def export_onnx(net: nn.Module, out: Path, input_size: Sequence[int], batch: int
     start = time.perf_counter()
     chatter = io.StringIO()  # the exporter prints its steps: keep them out of a node's stdout
     try:
-        # Traced as in training code: the engine calls this under inference_mode, where
-        # modules may take inference-only shortcuts (oneDNN calls) that cannot be traced.
-        with exportable(net), contextlib.redirect_stdout(chatter), _quiet_exporter(), \
-                torch.inference_mode(False), torch.enable_grad():
+        # Traced as in training code, in float32: the engine calls this under inference_mode
+        # (where modules may take inference-only shortcuts, oneDNN calls, that cannot be
+        # traced) and under its autocast (bf16 would end up in the graph).
+        with torch.inference_mode(False), torch.enable_grad(), _no_autocast(), \
+                exportable(net), contextlib.redirect_stdout(chatter), _quiet_exporter():
             program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes,
                                           strict=False)
             program = program.run_decompositions(_DECOMPOSITIONS)
@@ -256,6 +310,16 @@ def _optimize(model) -> None:
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
         common.RemoveUnusedNodesPass())(model)
+
+
+@contextlib.contextmanager
+def _no_autocast():
+    with torch.autocast('cpu', enabled=False):
+        if torch.cuda.is_available():
+            with torch.autocast('cuda', enabled=False):
+                yield
+        else:
+            yield
 
 
 @contextlib.contextmanager

@@ -100,3 +100,26 @@ def test_adaptive_pooling_as_matmuls_equals_torch(size_in, size_out):
     x = torch.randn((2, 5) + size_in, generator=torch.Generator().manual_seed(0))
     got = export._adaptive_avg_pool2d(x, size_out)
     assert torch.allclose(got, torch.nn.functional.adaptive_avg_pool2d(x, size_out), atol=1e-6)
+
+
+def test_export_under_the_engines_autocast_and_inference_mode_stays_float32(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        path = export_onnx(net, tmp_path / 'm.onnx', (32, 32))  # as a bf16 Segmenter calls it
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert np.allclose(_run(path, x), net(x).numpy(), atol=1e-5)
+
+
+def test_thin_grouped_convolutions_are_exported_regrouped_and_restored():
+    conv = torch.nn.Conv2d(128, 48, 3, padding=1, groups=16).eval()  # ESPNetv2's merge conv
+    net = torch.nn.Sequential(conv)
+    x = torch.randn(2, 128, 20, 24)
+    with torch.no_grad():
+        expected = conv(x)
+        with exportable(net):
+            assert net[0].groups == 4  # 16 groups of 8 -> 3 as 4 of 32 -> 12
+            assert torch.allclose(net(x), expected, atol=1e-5)
+    assert net[0] is conv
+    depthwise = torch.nn.Conv2d(64, 64, 3, groups=64)
+    assert export._regroup_factor(depthwise) == 1
