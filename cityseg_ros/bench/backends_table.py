@@ -60,7 +60,7 @@ _SHARED = Path(__file__).resolve().parents[3] / 'shared' / 'data'
 _PAIR = ('val', 'frankfurt', 'frankfurt_000000_009291')
 HEADER = ['model', 'input HxW', 'backend', 'precision', 'runs on', 'first call s',
           'forward ms (p50)', 'forward ms (p95)', 'predict pair ms (p50, 2x 2048x1024)',
-          'max |logit diff|', 'labels agree %']
+          'max abs logit diff', 'labels agree %']
 
 
 def _is_cuda(device: str) -> bool:
