@@ -154,6 +154,8 @@ class GraphBackend:
         with self._lock:  # two threads never build the same runner
             runner = self._runners.get(key)
             if runner is None:
+                if self.net is None:
+                    raise RuntimeError(f'backend {self.name} was closed')
                 runner = self.make_runner(tuple(x.shape))
                 self._runners[key] = runner
                 while len(self._runners) > MAX_RUNNERS:
@@ -163,6 +165,7 @@ class GraphBackend:
         return runner(x)
 
     def close(self) -> None:
-        """Drop the runners (sessions, engines)."""
+        """Drop the runners (sessions, engines) and the network: nothing runs afterwards."""
         with self._lock:
             self._runners.clear()
+            self.net = None

@@ -112,3 +112,12 @@ def test_openvino_runs_on_the_cpu_with_the_latency_settings(net):
     assert config == {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': '1',
                       'INFERENCE_NUM_THREADS': '3', 'INFERENCE_PRECISION_HINT': 'f32'}
     assert compile_config('bf16', 2)['INFERENCE_PRECISION_HINT'] == 'bf16'
+
+
+def test_a_closed_backend_frees_the_network_and_refuses_to_run(net):
+    pytest.importorskip('openvino')
+    backend = create_backend('openvino', net, get_spec('espnetv2'), CPU, 'fp32')
+    backend.close()
+    assert backend.net is None
+    with pytest.raises(RuntimeError, match='closed'):
+        backend(torch.zeros(1, 3, 32, 32))
