@@ -280,8 +280,6 @@ def verify_entry(entry: Path, key: CacheKey) -> Optional[str]:
         return f'{META} unreadable: {exc}'
     if recorded_key != key.fields():
         return 'its key differs from the one asked for'
-    if not files:
-        return 'it lists no files'
     for rel, record in files.items():
         path = entry / rel
         try:
