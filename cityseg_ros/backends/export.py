@@ -20,6 +20,12 @@ that do not divide (ESPNetv2's pyramid, UPerNet's PPM). InternImage's DCNv3 is e
 its ``grid_sample`` core (ONNX GridSample, opset >= 16); the default ``gather`` core uses
 ``embedding_bag``, which becomes an ONNX Loop that runtimes reject. The graph computes
 ``model(x)``: the main logits at the model's output stride, before any upsampling.
+
+For the runtimes' sake, and without changing the operator: adaptive average pooling becomes
+AvgPool, Gather or small MatMuls instead of torch's gather decomposition, thin grouped 3x3
+convolutions are regrouped, and the graph gets constant folding but not onnxscript's pattern
+rewriter (minutes on InternImage). Tracing happens in float32 outside inference mode, whatever
+the caller's autocast and grad mode.
 """
 
 import contextlib
