@@ -51,7 +51,7 @@ from cityseg_ros.worker import LatencyWindow
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     proc = None
     rclpy.init()
     player = rclpy.create_node('cityseg_demo', namespace=args.namespace)
-    executor = MultiThreadedExecutor()
+    executor = SingleThreadedExecutor()
     executor.add_node(player)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -35,7 +35,7 @@ from cityseg_ros.engine import Segmenter
 from cityseg_ros.ros.demo import publish_frames, Recorder, synthetic_stereo
 from diagnostic_msgs.msg import DiagnosticArray
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 
 NODE_NAMESPACE = 'cityseg_bench'
 
@@ -87,7 +87,7 @@ def run(runs: int = 5, model: str = 'espnetv2', device: str = 'auto',
     proc = _node_process(model, device, backend)
     rclpy.init()
     player = rclpy.create_node('cityseg_bench_player', namespace=NODE_NAMESPACE)
-    executor = MultiThreadedExecutor()
+    executor = SingleThreadedExecutor()
     executor.add_node(player)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -41,7 +41,7 @@ from cityseg_ros.worker import LatencyWindow
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -122,7 +122,7 @@ def play(cameras: Sequence[str], size: Tuple[int, int], rate_hz: float, seconds:
     rclpy must be initialised; the node lives in ``--ros-args -r __ns:=...``'s namespace.
     """
     node = rclpy.create_node('cityseg_rig_player')
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -49,7 +49,7 @@ import numpy as np
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -414,7 +414,7 @@ def soak(duration_s: float = 600.0, rate_hz: float = 30.0, size: Tuple[int, int]
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node('cityseg_soak_player', namespace=NAMESPACE, context=context)
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
