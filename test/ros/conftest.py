@@ -63,10 +63,10 @@ def rclpy_session():
 
 @pytest.fixture
 def executor(rclpy_session):
-    """Give each test a MultiThreadedExecutor, like the node's ``main``."""
-    from rclpy.executors import MultiThreadedExecutor
+    """Give each test a SingleThreadedExecutor, like the node's ``main``."""
+    from rclpy.executors import SingleThreadedExecutor
 
-    ex = MultiThreadedExecutor(num_threads=2)
+    ex = SingleThreadedExecutor()
     yield ex
     ex.shutdown(timeout_sec=5.0)
 
