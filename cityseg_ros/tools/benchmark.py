@@ -22,6 +22,7 @@ backends of the ``backends`` table and runs the ``node`` table once per backend.
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [t for t in args.tables if t not in TABLES]
     if unknown:
         raise ConfigError(f'unknown table(s) {unknown}; choose from {list(TABLES)}')
+    # stdout is the markdown tables: the engine's progress lines stay out of them.
+    logging.getLogger().setLevel(logging.WARNING)
     print(environment_line())
     for table in args.tables:
         module_name, title = TABLES[table]
