@@ -7,8 +7,9 @@
 # -- first-call, forward and stereo-pair predict ms, logit difference and label agreement with
 # the fp32 torch path. Rows that would start after the time budget say "skipped".
 # Usage: scripts/device_check.sh [MODEL...]   (default: all four pretrained zoo models)
-# Env: DEVICE_CHECK_BUDGET_S (default 470), PYTHON, OUT (also writes $OUT/device_check.md),
-# DEVICE_CHECK_OFFLINE=1 (install nothing).
+# Env: DEVICE_CHECK_BUDGET_S (default 470), OUT (also writes $OUT/device_check.md),
+# PYTHON (an interpreter to use as it is, e.g. python3 of an image with CUDA torch, instead of
+# .venv), DEVICE_CHECK_OFFLINE=1 (install nothing; set it where no package registry answers).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -22,25 +23,33 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
   --format=csv,noheader >&2 || log 'nvidia-smi not found'
 
 # -- environment ------------------------------------------------------------------------------
-PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
-if [ ! -x .venv/bin/python ]; then
-  log "creating .venv with $PY"
-  "$PY" -m venv .venv || { log 'cannot create .venv'; exit 1; }
+# PYTHON given: use that interpreter as it is (a GPU image's own CUDA torch; no venv, and the
+# package runs from this checkout). Otherwise .venv, created when missing.
+if [ -n "${PYTHON:-}" ]; then
+  PY=$(command -v "$PYTHON") || { log "PYTHON=$PYTHON not found"; exit 1; }
+  log "using $PY as it is"
+else
+  if [ ! -x .venv/bin/python ]; then
+    PY=$(command -v python3.11 || command -v python3)
+    log "creating .venv with $PY"
+    "$PY" -m venv .venv || { log 'cannot create .venv'; exit 1; }
+  fi
+  PY=$PWD/.venv/bin/python
 fi
-. .venv/bin/activate
-pip_q() { timeout "${2:-240}" python -m pip install -q --disable-pip-version-check \
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+pip_q() { timeout "${2:-240}" "$PY" -m pip install -q --disable-pip-version-check \
   --timeout 20 --retries 1 $1 >&2; }
-if [ -z "${DEVICE_CHECK_OFFLINE:-}" ] && python - <<'EOF' 2>/dev/null
+if [ -z "${DEVICE_CHECK_OFFLINE:-}" ] && "$PY" - <<'EOF' 2>/dev/null
 import urllib.request
 urllib.request.urlopen('https://pypi.org/simple/pip/', timeout=5)
 EOF
 then pypi=1; else pypi=0; log 'PyPI unreachable (or DEVICE_CHECK_OFFLINE): installing nothing'; fi
 
-cuda_torch() { python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+cuda_torch() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
   2>/dev/null; }
-if ! cuda_torch && [ $pypi = 1 ]; then
+if ! cuda_torch && [ $pypi = 1 ] && [ -z "${PYTHON:-}" ]; then  # never touch a given PYTHON's torch
   # PyPI's Linux torch wheels are CUDA builds; a +cpu build (download.pytorch.org) goes first.
-  python -c 'import torch' 2>/dev/null && python -m pip uninstall -q -y torch >&2
+  "$PY" -c 'import torch' 2>/dev/null && "$PY" -m pip uninstall -q -y torch >&2
   log 'installing CUDA torch from PyPI'
   pip_q torch 300 || log 'torch: install failed'
 fi
@@ -48,25 +57,25 @@ cuda_torch || log 'torch has no CUDA here: the CUDA tests skip and the table say
 if [ $pypi = 1 ]; then
   log 'installing cityseg_ros and pytest'
   pip_q '-e .' || log 'cityseg_ros: install failed'
-  python -c 'import pytest' 2>/dev/null || pip_q pytest || log 'pytest: install failed'
+  "$PY" -c 'import pytest' 2>/dev/null || pip_q pytest || log 'pytest: install failed'
   for pkg in onnx onnxscript tensorrt; do
     pip_q "$pkg" || log "$pkg: not installed"
   done
   # onnxruntime-gpu and the CPU onnxruntime share the module name: only the GPU one may stay.
-  if ! python -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in
+  if ! "$PY" -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in
       o.get_available_providers())' 2>/dev/null; then
-    python -m pip uninstall -q -y onnxruntime >/dev/null 2>&1
+    "$PY" -m pip uninstall -q -y onnxruntime >/dev/null 2>&1
     pip_q onnxruntime-gpu || log 'onnxruntime-gpu: not installed'
   fi
 fi
 # The pip wheels' CUDA, cuDNN and TensorRT libraries, for onnxruntime's providers.
-site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 for dir in "$site"/tensorrt_libs "$site"/nvidia/*/lib; do
   [ -d "$dir" ] && LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export LD_LIBRARY_PATH
 export CITYSEG_ROS_ENGINE_CACHE=${CITYSEG_ROS_ENGINE_CACHE:-$PWD/out/device_check/engines}
-python - <<'EOF' >&2
+"$PY" - <<'EOF' >&2
 import importlib
 for name in ('torch', 'onnx', 'onnxscript', 'onnxruntime', 'tensorrt'):
     try:
@@ -84,7 +93,7 @@ EOF
 # -- CUDA tests -------------------------------------------------------------------------------
 tests_s=$(( $(left) / 3 )); [ "$tests_s" -gt 240 ] && tests_s=240
 log "CUDA tests (at most ${tests_s}s)"
-timeout "$tests_s" python -m pytest -q -p no:cacheprovider -rs -m cuda \
+timeout "$tests_s" "$PY" -m pytest -q -p no:cacheprovider -rs -m cuda \
   test/backends/test_backends_cuda.py >&2
 log "CUDA tests: exit $?"
 
@@ -93,7 +102,7 @@ mkdir -p out/device_check
 report=out/device_check/device_check.md
 table_s=$(( $(left) - 15 ))
 log "backends table (budget ${table_s}s)"
-timeout $((table_s + 10)) python - "$table_s" "${models[@]}" <<'EOF' | tee "$report"
+timeout $((table_s + 10)) "$PY" - "$table_s" "${models[@]}" <<'EOF' | tee "$report"
 import sys
 import time
 
