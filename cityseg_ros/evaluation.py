@@ -45,6 +45,7 @@ import contextlib
 import csv
 from dataclasses import dataclass, field
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -867,12 +868,17 @@ def _stamp(value: Any, what: str) -> int:
     return value
 
 
+# A stage time no run reaches (about 3000 years): shards' times add up, and a sum that
+# overflowed to infinity could not be written back as JSON.
+_MAX_SECONDS = 1e11
+
+
 def _seconds(value: Any, what: str) -> float:
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 <= value < math.inf:
-        raise _Bad(f'{what} is {value!r}, not a finite number >= 0')
+            or not 0 <= value <= _MAX_SECONDS:
+        raise _Bad(f'{what} is {value!r}, not a number of seconds 0..{_MAX_SECONDS:g}')
     return float(value)
 
 
@@ -1044,10 +1050,11 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
         shards[key].add(part.shard[0])
     errors = [f'{", ".join(p.merged_from)}: {p.error}' for p in parts if p.partial]
     for (bag, count), present in sorted(shards.items()):
-        missing = sorted(set(range(count)) - present)
-        if missing:
-            errors.append(f'shard(s) {", ".join(f"{i}/{count}" for i in missing)} of {bag} '
-                          'missing')
+        if len(present) < count:  # name the first few: count may be huge (any int64)
+            first = list(itertools.islice((i for i in range(count) if i not in present), 8))
+            more = count - len(present) - len(first)
+            errors.append(f'shard(s) {", ".join(f"{i}/{count}" for i in first)}'
+                          f'{f" and {more} more" if more else ""} of {bag} missing')
     merged = Evaluation(shard=None)
     for part in parts:
         merged.counts.merge(part.counts)

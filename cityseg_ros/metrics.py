@@ -418,8 +418,13 @@ class Counts:
                 or (other.confusion > MAX_COUNT - self.confusion).any()):
             raise CitysegError(f'merged counts would exceed {MAX_COUNT}; these cannot be '
                                'counts of real frames (a damaged or edited counts file)')
-        for name in self._ARRAYS:
-            getattr(self, name).__iadd__(getattr(other, name))
+        with np.errstate(over='ignore'):  # a sum that overflows is refused below, not warned
+            sums = {name: getattr(self, name) + getattr(other, name) for name in self._ARRAYS}
+        if not all(np.isfinite(v).all() for v in sums.values()):
+            raise CitysegError('merged weighted counts overflow to infinity; these cannot be '
+                               'counts of real frames (a damaged or edited counts file)')
+        for name, value in sums.items():
+            getattr(self, name)[...] = value
         self.frames += other.frames
         self.instance_frames += other.instance_frames
         return self
@@ -690,6 +695,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                         raise ValueError(f'npy format version {version}')
                     if dtype.hasobject:
                         raise ValueError('an object array (pickles are never loaded)')
+                    if any(not isinstance(n, int) or n < 0 for n in shape):
+                        raise ValueError(f'shape {shape} is not a list of sizes >= 0')
                     nbytes = math.prod(shape) * dtype.itemsize
                     if nbytes != info.file_size - member.tell():
                         raise ValueError(f'a {shape} {dtype} header over '

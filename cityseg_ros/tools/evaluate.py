@@ -55,6 +55,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise argparse.ArgumentTypeError(f'shard {text} does not exist: use i/n with '
                                          '0 <= i < n')
+    if count >= 2**63:  # metrics.json records it, and merge reads it back as an int64
+        raise argparse.ArgumentTypeError(f'shard {text}: n must be below 2**63')
     return index, count
 
 
@@ -163,7 +165,8 @@ def _run_merge(args: argparse.Namespace) -> int:
     write_outputs(merged, args.out)
     print(_summary(merged, args.out))
     if merged.partial:
-        print(f'warning: the merge is partial: {merged.error}', file=sys.stderr)
+        print(f'warning: the merge is partial: {" ".join(str(merged.error).split())}',
+              file=sys.stderr)
     return EXIT_OK
 
 

@@ -156,6 +156,10 @@ def _corrupt(folder, case):
     if case == 'counts: other classes':
         _edit_counts(counts, class_names=np.array(['road'] * 19))
         return 'other classes'
+    if case == 'counts: negative shape':  # its product matches the data: reshape would raise
+        _replace_member(counts, 'confusion', _npy({'descr': '<i8', 'fortran_order': False,
+                                                   'shape': (-19, -20)}, bytes(19 * 20 * 8)))
+        return 'not a list of sizes'
     if case == 'counts: float confusion':
         _edit_counts(counts, confusion=confusion.astype(np.float64))
         return 'expected (19, 20) int64'
@@ -173,6 +177,7 @@ def _corrupt(folder, case):
         'metrics: NaN timing': '{"timing": {"wall_s": NaN}}',
         'metrics: infinite timing': '{"timing": {"decode_s": 1e999}}',
         'metrics: timing as a list': '{"timing": [1]}',
+        'metrics: timing of 3e10 years': '{"timing": {"wall_s": 1e18}}',
         'metrics: zero workers': '{"timing": {"workers": -3}}',
         'metrics: deep nesting': '[' * 100_000 + ']' * 100_000,
         'metrics: a 5000-digit number': '{"limit": ' + '9' * 5000 + '}',
@@ -229,6 +234,7 @@ MERGE_CASES = [
     'counts: negative counts', 'counts: negative frames', 'counts: NaN weights',
     'counts: more instance frames than frames', 'counts: huge counts',
     'counts: frames as a string', 'counts: other classes', 'counts: float confusion',
+    'counts: negative shape', 'metrics: timing of 3e10 years',
     'metrics: not JSON', 'metrics: a list', 'metrics: model without name',
     'metrics: model input size text', 'metrics: shard out of range',
     'metrics: shard of three numbers', 'metrics: skipped of strings',
@@ -251,6 +257,34 @@ def test_merge_of_a_damaged_shard_exits_2_with_one_line(tmp_path, capsys, shard,
     code, err = _run(capsys, 'merge', '--out', tmp_path / 'merged', folder)
     assert_one_error_line(code, err, match)
     assert not (tmp_path / 'merged' / 'metrics.json').exists()
+
+
+def _edit_metrics(folder, **changes):
+    path = folder / 'metrics.json'
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_sums_that_overflow_and_a_huge_shard_count_are_one_line(tmp_path, capsys, shard):
+    """Each shard is valid alone; their sums overflow, or 2**62 - 1 shards are missing."""
+    parts = [tmp_path / 'a', tmp_path / 'b']
+    for index, part in enumerate(parts):
+        shutil.copytree(shard, part)
+        _edit_metrics(part, shard=[index, 2])
+    for part in parts:  # before: the summed times were inf and json.dump raised
+        _edit_metrics(part, timing={'wall_s': 1e308})
+    code, err = _run(capsys, 'merge', '--out', tmp_path / 'merged', *parts)
+    assert_one_error_line(code, err, 'timing.wall_s is 1e+308')
+    for part in parts:  # before: numpy's overflow warnings, then inf scores written
+        _edit_metrics(part, timing={})
+        _edit_counts(part / 'counts.npz', tp_weighted=np.full(19, 1e308))
+    code, err = _run(capsys, 'merge', '--out', tmp_path / 'merged', *parts)
+    assert_one_error_line(code, err, 'overflow to infinity')
+    assert not (tmp_path / 'merged').exists()
+    _edit_metrics(parts[0], shard=[0, 2**62])  # before: set(range(2**62)), a MemoryError
+    shutil.copy(shard / 'counts.npz', parts[0])
+    assert evaluate.main(['merge', '--out', str(tmp_path / 'merged'), str(parts[0])]) == 0
+    err = capsys.readouterr().err  # a partial merge: one warning line, the first 8 named
+    assert err.count('\n') == 1 and f'8/{2**62} and {2**62 - 9} more' in err, err
 
 
 def test_negative_counts_no_longer_merge_into_negative_frames(tmp_path, capsys, shard):
@@ -304,6 +338,7 @@ def test_merge_writes_nothing_partial_when_a_later_shard_is_bad(tmp_path, capsys
     (['--shard', '1/0'], 'shard 1/0 does not exist'),
     (['--shard=-1/2'], 'does not exist'),
     (['--shard', '5'], 'is not i/n'),
+    (['--shard', f'0/{2**63}'], 'n must be below 2**63'),  # merge could not read it back
 ])
 def test_bad_option_values_exit_2_with_one_line(tmp_path, capsys, argv, match):
     write_bag(tmp_path / 'bag', count=1)
