@@ -20,10 +20,15 @@ the header (PNG IHDR, JPEG SOF, BMP, PNM, TIFF, WebP) and refuses more than ``ma
 line, not 5.6 GB of memory. Formats it cannot read a header of are refused.
 """
 
+import contextlib
 from dataclasses import dataclass
+import logging
 import os
 from pathlib import Path
 import struct
+import sys
+import tempfile
+import threading
 from typing import Any, Iterable, Iterator, Optional, Union
 
 from cityseg_ros.errors import ImageError
@@ -31,7 +36,10 @@ import cv2
 import numpy as np
 
 __all__ = ['IMAGE_SUFFIXES', 'MAX_IMAGE_PIXELS', 'ImageInfo', 'probe_image', 'probe_file',
-           'decode_image', 'read_rgb', 'write_png', 'find_images', 'scale_16_to_8']
+           'decode_image', 'read_rgb', 'write_png', 'find_images', 'scale_16_to_8',
+           'quiet_codec_messages']
+
+_LOG = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.pbm', '.pnm', '.tif',
                   '.tiff', '.webp')
@@ -268,6 +276,45 @@ def probe_image(data: Any, max_pixels: int = MAX_IMAGE_PIXELS,
         raise ImageError(f'{what} is truncated: the data ends inside the image header') from None
 
 
+_quiet_codecs = False
+_QUIET_LOCK = threading.Lock()
+
+
+def quiet_codec_messages(enabled: bool = True) -> bool:
+    """Keep the codecs' own messages about bad data off stderr; return the previous setting.
+
+    libpng, libjpeg and OpenCV write straight to file descriptor 2 (``libpng error: Not enough
+    image data``, ``Corrupt JPEG data: premature end of data segment``), next to the one error
+    line of a command-line tool, which says the same. With this on, each decode runs with fd 2
+    on a temporary file (decodes take turns), the text is logged at debug level, and a JPEG that
+    libjpeg reports cut short (it fills the rest grey) is refused. Only for processes that own
+    their stderr, the tools (``run_cli``): another thread's output during a decode lands there
+    too, so the node leaves it off.
+    """
+    global _quiet_codecs
+    previous, _quiet_codecs = _quiet_codecs, enabled
+    return previous
+
+
+@contextlib.contextmanager
+def _codec_messages(notes: list):
+    """Collect what the codecs print on fd 2 into ``notes`` (when quiet, else pass)."""
+    if not _quiet_codecs:
+        yield
+        return
+    with _QUIET_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        notes.extend(sink.read(1 << 16).decode(errors='replace').split('\n'))
+
+
 def _decode_view(view: memoryview, info: ImageInfo, what: str) -> np.ndarray:
     if info.codec == 'jpeg':
         # OpenCV 4 returns a grey-filled image for a JPEG cut short (5 refuses it): a complete
@@ -278,11 +325,20 @@ def _decode_view(view: memoryview, info: ImageInfo, what: str) -> np.ndarray:
             scan = raw.find(b'\xff\xda')
             if scan < 0 or raw.find(b'\xff\xd9', scan) < 0:
                 raise ImageError(f'{what} is a truncated JPEG (no end-of-image marker)')
+    notes: list[str] = []
     try:
-        image = cv2.imdecode(np.frombuffer(view, np.uint8), cv2.IMREAD_UNCHANGED)
+        with _codec_messages(notes):
+            image = cv2.imdecode(np.frombuffer(view, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise ImageError(f'{what} could not be decoded as {info.codec.upper()}: '
                          f'{str(exc).strip().splitlines()[-1]}') from None
+    notes = [note.strip() for note in notes if note.strip()]
+    if notes:
+        _LOG.debug('%s: the %s decoder said: %s', what, info.codec.upper(), ' | '.join(notes))
+    cut_short = any('premature end' in note.lower() for note in notes)
+    if image is not None and info.codec == 'jpeg' and cut_short:
+        raise ImageError(f'{what} is a corrupt JPEG: its data ends before the image does (the '
+                         f'decoder said: {notes[0]})')
     if image is None:
         raise ImageError(f'{what} is not a readable image (corrupt or truncated '
                          f'{info.codec.upper()} data)')

@@ -86,10 +86,18 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
     Only :class:`CitysegError` is caught: anything else is a bug and keeps its traceback.
     Usage errors (a bad option value) are one line too, with argparse's exit code 2.
     """
+    import cv2
+
+    from cityseg_ros.imageio import quiet_codec_messages
+
     parser = build_parser()
     _one_line_errors(parser)
     args = parser.parse_args(argv)
     _route_logging(logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO)
+    # libpng, libjpeg, libtiff and OpenCV print about bad images on stderr by themselves; the
+    # error line says it (their text is logged with -v).
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    quiet = quiet_codec_messages(True)
     try:
         return run(args)
     except CitysegError as exc:
@@ -98,3 +106,5 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
     except KeyboardInterrupt:
         print(f'{parser.prog}: interrupted', file=sys.stderr)
         return 130
+    finally:
+        quiet_codec_messages(quiet)

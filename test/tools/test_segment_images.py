@@ -21,6 +21,7 @@ import zlib
 
 from cityseg_ros.imageio import read_rgb, write_png
 from cityseg_ros.tools import segment_images
+import cv2
 import numpy as np
 import pytest
 
@@ -346,3 +347,57 @@ def test_a_file_larger_than_any_allowed_image_is_refused_unread(tmp_path, capsys
     code, err = _run(capsys, big, '--out', tmp_path / 'out', '--max-image-pixels', 1000, *FAST)
     _one_error_line(code, err)
     assert 'is 20971520 bytes, more than any image of 1000 pixels' in err
+
+
+def _tiff(entries, data):
+    """Return a little-endian TIFF with one directory of (tag, type, value) LONG/SHORT entries."""
+    head = b'II*\x00' + struct.pack('<IH', 8, len(entries))
+    for tag, kind, value in entries:
+        field = struct.pack('<I', value) if kind == 4 else struct.pack('<HH', value, 0)
+        head += struct.pack('<HHI', tag, kind, 1) + field
+    return head + b'\0\0\0\0' + data
+
+
+def _chatty_images(tmp_path):
+    """Files whose decoders print on fd 2 by themselves (libpng, libjpeg, libtiff, OpenCV)."""
+    ok, jpeg = cv2.imencode('.jpg', np.zeros((64, 128, 3), np.uint8))
+    jpeg = bytearray(jpeg.tobytes())
+    sof = jpeg.index(b'\xff\xc0')
+    jpeg[sof + 5:sof + 9] = struct.pack('>HH', 600, 800)  # the data holds 64x128
+    ihdr = struct.pack('>IIBBBBB', 600, 800, 8, 6, 0, 0, 0)
+
+    def chunk(tag, data):
+        return (struct.pack('>I', len(data)) + tag + data
+                + struct.pack('>I', zlib.crc32(tag + data)))
+
+    png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(bytes(99)))
+           + chunk(b'IEND', b''))
+    data_at = 8 + 2 + 12 * 11 + 4  # width and height given twice, unsorted: libtiff warns
+    tiff = _tiff([(256, 4, 30000), (256, 4, 32), (257, 4, 30000), (257, 4, 32), (258, 3, 8),
+                  (259, 3, 1), (262, 3, 1), (273, 4, data_at), (277, 3, 1), (278, 4, 30000),
+                  (279, 4, 1024)], bytes(1024))
+    bmp_info = struct.pack('<IiiHHIIiiII', 40, 32, 32, 1, 8, 0, 0, 0, 0, 0x7FFFFFFF, 0)
+    files = {'lying_sof.jpg': bytes(jpeg), 'short_idat.png': png, 'dup_tags.tif': tiff,
+             'huge_maxval.pgm': b'P5 32 32 99999999999999\n' + bytes(1024),
+             'palette_of_2g.bmp': b'BM' + struct.pack('<IHHI', 54 + 64, 0, 0, 54) + bmp_info
+             + bytes(64)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return [tmp_path / name for name in files]
+
+
+def test_codec_messages_stay_off_stderr_and_a_grey_filled_jpeg_is_refused(tmp_path, capfd):
+    """Decoder chatter on fd 2 is kept off; the error line says it.
+
+    Before: 'libpng error: ...', '[ERROR:0@0.3] ... grfmt_tiff.cpp' etc. next to the error
+    line, and a JPEG whose frame header claims more than its data held was segmented.
+    """
+    for path in _chatty_images(tmp_path):
+        code = segment_images.main(['--weights', 'none', '--device', 'cpu', '--input-size',
+                                    '64x128', '--out', str(tmp_path / 'out'), '--quiet',
+                                    str(path)])
+        err = capfd.readouterr().err
+        lines = [line for line in err.splitlines() if 'RANDOM' not in line]
+        assert code == 2 and len(lines) == 1, (path.name, err)
+        assert lines[0].startswith(f'segment_images: error: {path}'), err
+        assert not list((tmp_path / 'out').glob('*.png')), path.name
