@@ -1468,7 +1468,15 @@ def fetch(spec_name: str, file: Optional[str] = None, cache: Optional[PathLike] 
         if problem is None:
             log.debug('%s is already in the cache', dest)
             return dest
-        log.warning('%s in the cache is bad (%s); downloading it again', dest, problem)
+        # Deleted first: a failed download must not leave the bad file there to be used, and
+        # the tool's one stderr line is then the download's error (this note is progress).
+        log.info('%s in the cache is bad (%s); deleting it and downloading it again', dest,
+                 problem)
+        try:
+            dest.unlink()
+        except OSError as exc:
+            raise DownloadError(f'{dest} in the cache is bad ({problem}) and cannot be deleted '
+                                f'({exc.strerror or exc}); delete it by hand') from None
     url = weights_url(wf, mirror, dest.parent)
     log.debug('downloading %s -> %s', url, dest)
     return download(url, dest, sha256=expected, size=wf.size, progress=progress, limits=limits)

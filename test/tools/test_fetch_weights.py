@@ -121,6 +121,21 @@ def test_sha256_mismatch_of_same_size_file(capsys, server, tiny):
     assert list(cache.iterdir()) == []
 
 
+def test_a_bad_file_in_the_cache_is_deleted_when_its_download_fails(capsys, server, tiny):
+    """Before: a warning line in front of the error line, and the bad file stayed cached."""
+    data, cache = tiny
+    cache.mkdir()
+    (cache / 'tiny.pth').write_bytes(bytes(len(data)))
+    server.files['tiny.pth'] = b'not the released file'
+    code, out, err = _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror',
+                          server.url)
+    assert code == 2 and 'deleted' in _one_error_line(err)
+    assert 'in the cache is bad' in out and list(cache.iterdir()) == []
+    server.files['tiny.pth'] = data
+    assert _cli(capsys, '--model', 'tiny', '--cache-dir', cache, '--mirror', server.url)[0] == 0
+    assert (cache / 'tiny.pth').read_bytes() == data
+
+
 def test_cut_download_exits_2_then_resumes(capsys, server, tiny):
     data, cache = tiny
     server.cut_after['tiny.pth'] = 100
