@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_MAX_OPTION = 1e9
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)
@@ -80,6 +83,8 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f'{text!r} is not a finite number')
+    if value > _MAX_OPTION:  # sockets and timers take at most ~9.2e9 s (int64 nanoseconds)
+        raise argparse.ArgumentTypeError(f'{text!r} is more than {_MAX_OPTION:g}')
     return value
 
 

@@ -190,10 +190,17 @@ def test_file_option_picks_another_release(capsys, server, tiny):
     (('--model', 'nope'), "unknown model 'nope'"),
     (('--model', 'tiny', '--file', 'x.pth'), "x.pth is not a released file of 'tiny'"),
     (('--model', 'tiny', '--model', 'untrained'), 'untrained: no released weights'),
+    # Before: OverflowError tracebacks from the socket and timer (int64 nanoseconds).
+    (('--model', 'tiny', '--timeout', '1e308'), "'1e308' is more than 1e+09"),
+    (('--model', 'tiny', '--deadline', '1e300'), "'1e300' is more than 1e+09"),
 ])
 def test_bad_requests_exit_2_with_one_line(capsys, monkeypatch, tiny, argv, message):
     register_tiny(monkeypatch, name='untrained', weights=())
-    code, _, err = _cli(capsys, *argv)
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
     assert code == 2 and message in _one_error_line(err)
 
 
