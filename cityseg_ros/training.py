@@ -223,6 +223,23 @@ class TrainConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f'--{name.replace("_", "-")} must be > 0, got {value}')
 
+        # NaN passes every comparison, and a float32 optimiser state overflows on 1e308: the
+        # real-valued options must be finite and within _MAX_HYPER; the counts, int64 steps.
+        for name in ('lr', 'momentum', 'weight_decay', 'poly_power', 'clip_grad',
+                     'ohem_thresh'):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and abs(value) <= _MAX_HYPER):
+                raise ConfigError(f'--{name.replace("_", "-")} must be a finite number of at '
+                                  f'most {_MAX_HYPER:g}, got {value}')
+        for name in ('steps', 'warmup_steps', 'val_every', 'save_every', 'log_every',
+                     'ohem_min_kept'):
+            if getattr(self, name) > _MAX_STEPS:
+                raise ConfigError(f'--{name.replace("_", "-")} must be at most {_MAX_STEPS}, '
+                                  f'got {getattr(self, name)}')
+        if self.workers > _MAX_WORKERS:  # each is a process: 999999 would fork until it hangs
+            raise ConfigError(f'--workers must be 0..{_MAX_WORKERS}, got {self.workers}')
+        if not 0 <= self.seed < 2**32:  # numpy's seeds are >= 0, torch's fit in 64 bits
+            raise ConfigError(f'--seed must be 0..{2**32 - 1}, got {self.seed}')
         for name in ('steps', 'batch_size', 'save_every', 'log_every', 'lr', 'poly_power',
                      'ohem_min_kept', 'clip_grad'):
             positive(name, getattr(self, name))
@@ -236,14 +253,22 @@ class TrainConfig:
                 raise ConfigError(f'--{name.replace("_", "-")} {size} is not a valid HxW '
                                   '(both sides >= 16)')
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ConfigError(f'--scale-range {lo} {hi}: need 0 < MIN <= MAX')
+        if not 0 < lo <= hi <= _MAX_SCALE:
+            raise ConfigError(f'--scale-range {lo} {hi}: need 0 < MIN <= MAX <= {_MAX_SCALE:g}')
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f'unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}')
         if self.precision not in PRECISIONS:
             raise ConfigError(f'unknown precision {self.precision!r}; use one of {PRECISIONS}')
         if not 0.0 < self.ohem_thresh <= 1.0:
             raise ConfigError(f'--ohem-thresh must be in (0, 1], got {self.ohem_thresh}')
+
+
+# Bounds of the options (TrainConfig.check): far beyond any real run, small enough that
+# nothing overflows (float32 optimiser state, int64 step counters, process tables).
+_MAX_HYPER = 1e6
+_MAX_STEPS = 10**9
+_MAX_WORKERS = 64
+_MAX_SCALE = 8.0  # a random rescale of the base size (mmseg trains with 0.5..2.0)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
+from cityseg_ros.errors import ConfigError
 from cityseg_ros.tools.common import EXIT_OK, run_cli
 from cityseg_ros.tools.segment_images import parse_size
 from cityseg_ros.training import OPTIMIZERS, PRECISIONS, TrainConfig, Trainer
@@ -159,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     rank = os.environ.get('RANK', '0')
     if rank != '0':
         logging.getLogger().setLevel(logging.WARNING)  # one voice per job
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f'--stop-at must be a step >= 1, got {args.stop_at}')
     trainer = Trainer(config_from_args(args))
     result = trainer.run(stop_at=args.stop_at)
     if rank == '0':

@@ -88,6 +88,30 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, message):
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.parametrize('option, message', [
+    # Before: NaN and inf trained to NaN weights (exit 0), 1e308 and the seeds were
+    # tracebacks, 999999 workers forked until the run hung, --stop-at -1 stopped at once.
+    (('--lr', 'nan'), '--lr must be a finite number'),
+    (('--lr', '1e308'), '--lr must be a finite number of at most 1e+06'),
+    (('--momentum', 'nan'), '--momentum must be a finite number'),
+    (('--weight-decay', 'inf'), '--weight-decay must be a finite number'),
+    (('--poly-power', 'nan'), '--poly-power must be a finite number'),
+    (('--clip-grad', 'nan'), '--clip-grad must be a finite number'),
+    (('--scale-range', '1', '1e308'), 'need 0 < MIN <= MAX <= 8'),
+    (('--steps', str(10**23)), '--steps must be at most'),
+    (('--workers', '999999'), '--workers must be 0..64'),
+    (('--seed', str(10**23)), '--seed must be 0..4294967295'),
+    (('--seed', '-1'), '--seed must be 0..4294967295'),
+    (('--stop-at', '-1'), '--stop-at must be a step >= 1'),
+])
+def test_option_values_that_cannot_work_exit_2_with_one_line(tmp_path, capsys, option,
+                                                             message):
+    root = _dataset(tmp_path / 'cs', frames=1)
+    code, _, err = _run(capsys, _train_args(root, tmp_path / 'out', *option))
+    assert code == 2 and err.count('\n') == 1 and message in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_trained_model_loads_in_segment_images_by_path(tmp_path, capsys):
     root = _dataset(tmp_path / 'cs')
     out = tmp_path / 'run'
