@@ -352,9 +352,11 @@ def run(args: argparse.Namespace) -> int:
           f'({args.player_reliability} publishers) through segment_node', flush=True)
 
     proc = None
-    rclpy.init()
-    player = rclpy.create_node('cityseg_demo', namespace=args.namespace)
-    executor = SingleThreadedExecutor()
+    # A context of its own: run() works beside (or after) any other rclpy user in the process.
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    player = rclpy.create_node('cityseg_demo', namespace=args.namespace, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(player)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
@@ -377,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
         stop_node(proc)
         executor.shutdown()
         player.destroy_node()
-        rclpy.try_shutdown()
+        context.try_shutdown()
     if not recorder.segmented:
         raise CitysegError(
             f'segment_node published no labels for {args.frames} pairs '
