@@ -18,8 +18,9 @@ Two ways (the node's ``sync`` parameter):
 
 - ``exact``: one frame per camera with stamps within the tolerance (a hardware-triggered rig,
   a stereo pair). The shared :class:`~cityseg_ros.pairing.StampPairer` forms the groups and the
-  worker's one-slot mailbox keeps the newest group: every camera comes out at the same rate,
-  and a camera that stops stalls the group (the node's diagnostics name it).
+  worker's one-slot mailbox keeps the newest group: every camera comes out at the same rate;
+  a camera that stops is left out of the groups after ``camera_timeout_s``
+  (:class:`~cityseg_ros.ros.pairs.LivePairer`), so the others go on.
 - ``none``: each camera's newest frame, whatever its stamp (free-running cameras). Frames wait
   in :class:`LatestFrames`, one slot per camera, newest wins; the worker takes all waiting
   frames at once, so a batch holds every camera that sent something since the last batch and

@@ -29,7 +29,9 @@ Rules, in the order :meth:`StampPairer.push` applies them:
 3. The pushed item is the anchor: for every other key the pending item with the nearest stamp
    within ``tolerance_ns`` of the anchor's is looked up. If every key has one, the set is
    matched, removed, and every pending item older than its key's matched item is dropped and
-   counted (its partners were skipped, so it can never be matched in order).
+   counted (its partners were skipped, so it can never be matched in order). A push may name
+   the keys ``required`` for this match (a subset holding the pushed key): the live node leaves
+   a camera that stopped sending out, so the others are not held hostage by it.
 
 Like ``message_filters.ApproximateTime`` but with a fixed tolerance instead of an adaptive
 window, which is what a hardware-synchronised stereo pair and a dataset bag need.
@@ -70,9 +72,9 @@ class Matched:
     """One matched set.
 
     Attributes:
-        stamp_ns: the stamp of the first key's item (the reference stream, e.g. the left image),
-            nanoseconds.
-        items: key -> the item pushed with that key.
+        stamp_ns: the stamp of the first key's item (the reference stream, e.g. the left image;
+            the first key present when some were not required), nanoseconds.
+        items: key -> the item pushed with that key (every required key).
         stamps: key -> the stamp that item was pushed with (they differ by at most the
             tolerance from the anchor).
     """
@@ -201,22 +203,33 @@ class StampPairer:
         """Largest stamp difference accepted between partners, nanoseconds."""
         return self._tolerance
 
-    def push(self, key: str, stamp_ns: int, item: Any) -> Optional[Matched]:
+    def push(self, key: str, stamp_ns: int, item: Any,
+             required: Optional[Sequence[str]] = None) -> Optional[Matched]:
         """Add one message; return the matched set when every key has a partner for it.
 
         Args:
             key: one of :attr:`keys`.
             stamp_ns: the message's header stamp, nanoseconds.
             item: anything; handed back in :attr:`Matched.items`.
+            required: the keys a match needs this time (default: all); it must hold ``key``.
+                A set matched without some keys holds only the others.
 
         Returns:
             The matched set, or None while partners are missing (or the item was dropped).
 
         Raises:
-            KeyError: ``key`` is not one of the pairer's keys.
+            KeyError: ``key`` (or a required key) is not one of the pairer's keys, or
+                ``required`` leaves ``key`` out.
         """
         if key not in self._stamps:
             raise KeyError(f'unknown key {key!r}; this pairer matches {list(self._keys)}')
+        if required is None:
+            wanted = self._keys
+        else:
+            wanted = tuple(k for k in self._keys if k in set(required))
+            if key not in wanted or len(wanted) != len(set(required)):
+                raise KeyError(f'required keys {list(required)} must be keys of this pairer '
+                               f'({list(self._keys)}) and hold {key!r}')
         stamp_ns = int(stamp_ns)
         with self._lock:
             watermark = self._late_watermark(key, stamp_ns)
@@ -238,7 +251,7 @@ class StampPairer:
                 self._dropped[key] += 1
                 if index == 0:  # the new item itself was the oldest: it cannot match in order
                     return None
-            return self._match(key, stamp_ns)
+            return self._match(key, stamp_ns, wanted)
 
     def clear(self) -> None:
         """Forget pending items and matched stamps (not counted as drops); counters stay.
@@ -334,9 +347,10 @@ class StampPairer:
                     best, best_diff = candidate, diff
         return best
 
-    def _match(self, anchor_key: str, anchor_stamp: int) -> Optional[Matched]:
+    def _match(self, anchor_key: str, anchor_stamp: int,
+               wanted: Sequence[str]) -> Optional[Matched]:
         chosen: dict[str, int] = {}
-        for key in self._keys:
+        for key in wanted:
             index = self._nearest(key, anchor_stamp)
             if index is None:
                 return None
@@ -350,7 +364,7 @@ class StampPairer:
             self._dropped[key] += index
             del self._stamps[key][:index + 1], self._items[key][:index + 1]
             self._last_matched[key] = stamps[key]
-        reference = stamps[self._keys[0]]
+        reference = stamps[wanted[0]]
         if self._jump_ns is not None:
             self._after_match(reference)
         self._last_reference = reference

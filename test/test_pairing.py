@@ -323,3 +323,26 @@ def test_one_late_frame_per_camera_from_parallel_decoding_is_no_jump():
     assert _stream(pairer, [12 * PERIOD]) == [12 * PERIOD]
     assert pairer.stats.jumps_back == 0
     assert pairer.stats.dropped_late == {'left': 1, 'right': 1}
+
+
+# -- required keys: a stream that stopped is left out -------------------------------------------
+
+def test_required_keys_match_without_the_others_and_the_reference_is_the_first_present():
+    pairer = StampPairer(['left', 'right', 'rear'], tolerance_ns=0)
+    assert pairer.push('right', 10, 'r10', required=['right', 'rear']) is None
+    matched = pairer.push('rear', 10, 'b10', required=['rear', 'right'])
+    assert matched.items == {'right': 'r10', 'rear': 'b10'}
+    assert matched.stamp_ns == 10 and set(matched.stamps) == {'right', 'rear'}
+    alone = pairer.push('left', 20, 'l20', required=['left'])
+    assert alone.items == {'left': 'l20'} and alone.stamp_ns == 20
+    # All required again: the late right frame of stamp 10 is dropped, 30 needs all three.
+    assert pairer.push('left', 30, 'l30') is None
+    assert pairer.push('right', 30, 'r30') is None
+    assert pairer.push('rear', 30, 'b30').items == {'left': 'l30', 'right': 'r30', 'rear': 'b30'}
+
+
+@pytest.mark.parametrize('required', [['left'], ['right', 'nope'], []])
+def test_required_keys_must_hold_the_pushed_key_and_only_known_keys(required):
+    pairer = StampPairer(['left', 'right'], tolerance_ns=0)
+    with pytest.raises(KeyError):
+        pairer.push('right', 10, 'r', required=required)

@@ -18,7 +18,8 @@ DESIGN.md: "/diagnostics never says OK while input arrives and nothing comes out
 hands cumulative counters to a :class:`CounterWindow` at every report; :func:`assess` compares
 what came in with what went out over the last few seconds and, when nothing went out, says why
 in the order a user would look: a camera that sends nothing (with ``sync: exact`` it stalls
-every group; with ``sync: none`` the others flow and it is named as a warning), inputs all
+every group until ``camera_timeout_s``; then, and with ``sync: none``, the others flow and it
+is named as a warning), inputs all
 rejected, no partner within the tolerance, loss in transport, the rate limit, nobody
 subscribing, the model failing or still busy. Per camera it reports input and output rates and
 drops, so a starving camera shows. Pure functions and plain data, so every rule is tested
@@ -53,7 +54,8 @@ LARGE_IMAGE_HINT = ('make the camera publish reliable (input_reliability auto fo
 _COUNTER_KEYS = (
     ('rate_limited_pairs', 'rate_limited'), ('rejected_messages', 'rejected'),
     *((f'rejected_{kind}', f'rejected_{kind}') for kind in REJECT_KINDS),
-    ('unpaired_images', 'unpaired'), ('dds_lost_samples', 'dds_lost_samples'),
+    ('unpaired_images', 'unpaired'), ('partial_groups', 'partial_groups'),
+    ('dds_lost_samples', 'dds_lost_samples'),
     ('skipped_no_subscribers', 'skipped_no_subscribers'),
     ('incompatible_qos_events', 'incompatible_qos'), ('qos_changes', 'qos_changes'),
     ('frame_id_changes', 'frame_id_changes'), ('time_jumps_back', 'time_jumps_back'),
@@ -126,6 +128,8 @@ class Facts:
     last_jump: str = ''
     sync: str = 'exact'
     transport: str = 'raw'
+    camera_timeout_s: float = 0.0
+    left_out: Sequence[str] = ()
 
 
 def counter_values(counts: Mapping[str, int]) -> Dict[str, str]:
@@ -140,7 +144,7 @@ def camera_values(cameras: Sequence[str], counts: Mapping[str, int], delta: Mapp
     """Return the per-camera values: input and output rates, drops, frames without partner.
 
     Keys per camera ``C``: ``C/input_hz``, ``C/output_hz`` (frames segmented and published),
-    ``C/dropped`` and ``C/unpaired`` (cumulative).
+    ``C/dropped``, ``C/unpaired`` and ``C/left_out`` (groups formed without it; cumulative).
 
     ``C/dropped`` counts frames that arrived but were replaced by a newer one before their
     turn: in the decode stage (``C_decode_dropped``), while waiting for the batch (sync none,
@@ -156,6 +160,7 @@ def camera_values(cameras: Sequence[str], counts: Mapping[str, int], delta: Mapp
             f'{cam}/output_hz': f'{delta.get(f"{cam}_segmented", 0) / window_s:.2f}',
             f'{cam}/dropped': str(dropped),
             f'{cam}/unpaired': str(counts.get(f'{cam}_unpaired', 0)),
+            f'{cam}/left_out': str(counts.get(f'{cam}_left_out', 0)),
         })
     return values
 
@@ -248,9 +253,11 @@ def _why_nothing(facts: Facts, images: Mapping[str, int], lost: int) -> str:
     if silent and facts.sync == 'exact':
         sending = ', '.join(f'{n} {c}' for c, n in images.items() if n)
         group = 'pair' if len(images) == 2 else 'stamp group'
+        wait = (f'sync exact waits camera_timeout_s={facts.camera_timeout_s:g} s, then '
+                'segments the others' if facts.camera_timeout_s > 0 else
+                'sync exact with camera_timeout_s=0 waits for every camera')
         why = (f'no {" or ".join(silent)} images arrive ({sending}), so no {group} can form '
-               f'(no partner; sync exact waits for every camera, sync:=none segments the '
-               f'others)')
+               f'(no partner; {wait}; sync:=none segments each camera as it comes)')
         if lost or any(facts.publishers.get(c, 0) for c in silent):
             why += f'; {_loss_hint(facts, silent)}'
         return why
@@ -287,7 +294,12 @@ def _degraded(facts: Facts, lost: int) -> List[str]:
     """Problems worth a WARN although output flows."""
     d = facts.delta
     notes = []
-    silent = [c for c in facts.cameras if not d.get(f'{c}_images', 0)]
+    if facts.left_out:  # sync exact: stopped for camera_timeout_s, the others flow
+        notes.append(f'{", ".join(facts.left_out)} left out of the groups: no images for '
+                     f'camera_timeout_s={facts.camera_timeout_s:g} s (the other cameras are '
+                     'segmented)')
+    silent = [c for c in facts.cameras
+              if not d.get(f'{c}_images', 0) and c not in facts.left_out]
     if silent:  # sync none: the others flow
         notes.append(f'no images from {", ".join(silent)} for {facts.window_s:.0f} s (the '
                      'other cameras are segmented)')

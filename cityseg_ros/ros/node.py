@@ -226,7 +226,8 @@ class SegmentNode(LifecycleNode):
             return self._fail('configure', exc, TransitionCallbackReturn.ERROR)
         self._params, self._seg = params, seg
         self._pairer = LivePairer(params.cameras, params.pair_tolerance_ms, log,
-                                  self._count, self._lost, sync=params.sync)
+                                  self._count, self._lost, sync=params.sync,
+                                  camera_timeout_s=params.camera_timeout_s)
         # sync none: the cloud pairs a left frame with the newest right one.
         self._latest = (LatestFrames(params.cameras, params.stereo_cameras[1:] if params.points
                                      else ()) if params.sync == 'none' else None)
@@ -620,7 +621,9 @@ class SegmentNode(LifecycleNode):
         if right is None and self._latest is not None:
             right = self._latest.newest(right_cam)
         if right is None:
-            points.skip(f'no {right_cam} image has arrived yet')
+            points.skip(f'no {right_cam} image in this group: {right_cam} stopped sending '
+                        '(left out after camera_timeout_s)' if self._latest is None
+                        else f'no {right_cam} image has arrived yet')
             return None
         gap_ms = abs(left.stamp_ns - right.stamp_ns) / 1e6
         tolerance = self._params.pair_tolerance_ms if self._params else 0.0
@@ -672,8 +675,9 @@ class SegmentNode(LifecycleNode):
         """Return a snapshot of the input counters: images, rejected_*, rate_limited, unpaired.
 
         Per camera ``C``: ``C_images`` (received), ``C_segmented`` (frames whose outputs were
-        published), ``C_unpaired`` (sync exact), ``C_dropped`` (sync none: replaced while
-        waiting for the batch), ``C_decode_dropped`` / ``C_decode_failed`` (compressed).
+        published), ``C_unpaired`` and ``C_left_out`` (sync exact), ``C_dropped`` (sync none:
+        replaced while waiting for the batch), ``C_decode_dropped`` / ``C_decode_failed``
+        (compressed).
         """
         with self._lock:
             counts = dict(self._counts)
@@ -732,7 +736,9 @@ class SegmentNode(LifecycleNode):
             busy_for_s=stats.busy_for_s, last_error=stats.last_error or '',
             last_reject=self._last_reject, last_jump=self._last_jump,
             sync=params.sync if params else 'exact',
-            transport=params.input_transport if params else 'raw')
+            transport=params.input_transport if params else 'raw',
+            camera_timeout_s=params.camera_timeout_s if params else 0.0,
+            left_out=self._pairer.left_out if self._pairer else ())
         level, message = assess(facts)
         # sync exact: a dropped or rate-limited group drops one frame of every camera.
         group_drops = (stats.dropped + counts.get('rate_limited', 0)

@@ -18,13 +18,21 @@ With ``sync: exact`` the cameras' frames are grouped by stamp (one frame per cam
 ``pair_tolerance_ms``); with ``sync: none`` every frame passes at once as its own group (the
 node's :class:`~cityseg_ros.camera_group.LatestFrames` batches them).
 
+A camera that stops sending must not stop the others: with ``camera_timeout_s`` > 0, a camera
+that sent nothing for that long *and* for ``LEFT_OUT_ROUNDS`` frames of every other camera
+(so a slow but steady rate, or one lost frame, never counts) is left out of the groups until
+its next frame; the groups of the others go on, counted as ``partial_groups``, logged once per
+change and named in ``/diagnostics``.
+
 Beside the pairer it keeps, per camera, the latest stamp and frame_id (bounded by the camera
 list), logs time jumps, frames without partner and frame_id changes (throttled), and names the
-latest jump for ``/diagnostics``. The node's input callbacks call :meth:`LivePairer.push` from
-several executor threads; the pairer is thread-safe and the rest are single assignments.
+latest jump for ``/diagnostics``. The node's input callbacks and decode threads call
+:meth:`LivePairer.push`; the pairer and the camera bookkeeping are thread-safe.
 """
 
-from typing import Any, Callable, Dict, Optional, Sequence
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from cityseg_ros.pairing import Matched, StampPairer
 from std_msgs.msg import Header
@@ -37,6 +45,8 @@ MAX_PENDING = 8
 JUMP_NS = 1_000_000_000
 #: Seconds between two log lines of the same kind.
 THROTTLE_S = 5.0
+#: A camera is left out after this many frames of every other camera without one of its own.
+LEFT_OUT_ROUNDS = 3
 
 
 class LivePairer:
@@ -49,13 +59,27 @@ class LivePairer:
         count: ``count(key)`` adds one to a node counter (``frame_id_changes``).
         lost: returns how many input images were lost before the node so far (for the hint).
         sync: 'exact' (group by stamp) or 'none' (no grouping).
+        camera_timeout_s: ``camera_timeout_s`` (sync exact): leave a camera that stopped out
+            of the groups after this many seconds (and ``LEFT_OUT_ROUNDS`` frames of each
+            other camera); 0 waits for every camera for good.
+        clock: seconds on a steady clock (tests pass their own).
     """
 
     def __init__(self, cameras: Sequence[str], tolerance_ms: float, logger: Any,
                  count: Callable[[str], None], lost: Callable[[], int],
-                 sync: str = 'exact') -> None:
+                 sync: str = 'exact', camera_timeout_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sync = sync
         self._passed = 0  # sync none: frames let through
+        self._timeout_s = float(camera_timeout_s)
+        self._clock = clock
+        self._live_lock = threading.Lock()
+        start = clock()
+        self._last_arrival = dict.fromkeys(cameras, start)  # never sent: since configure
+        self._others_since = dict.fromkeys(cameras, 0)  # frames of the others since its last
+        self._left_out: Tuple[str, ...] = ()
+        self._partial = 0
+        self._left_out_groups = dict.fromkeys(cameras, 0)
         self.pairer = StampPairer(cameras, int(tolerance_ms * 1e6), max_pending=MAX_PENDING,
                                   jump_ns=JUMP_NS)
         self._cameras = tuple(cameras)
@@ -76,9 +100,49 @@ class LivePairer:
         if self.sync == 'none':
             self._passed += 1
             return Matched(stamp_ns=stamp, items={camera: item}, stamps={camera: stamp})
-        matched = self.pairer.push(camera, stamp, item)
+        required = self._required(camera)
+        matched = self.pairer.push(camera, stamp, item, required=required)
+        if matched is not None and len(matched.items) < len(self._cameras):
+            with self._live_lock:
+                self._partial += 1
+                for cam in self._cameras:
+                    if cam not in matched.items:
+                        self._left_out_groups[cam] += 1
         self._log_changes()
         return matched
+
+    @property
+    def left_out(self) -> Tuple[str, ...]:
+        """The cameras left out of the groups now (sync exact, ``camera_timeout_s``)."""
+        return self._left_out
+
+    def _required(self, camera: str) -> Optional[Sequence[str]]:
+        """Note ``camera``'s frame; return the cameras a group needs now (None: all)."""
+        with self._live_lock:
+            now = self._clock()
+            self._last_arrival[camera] = now
+            for cam in self._cameras:
+                self._others_since[cam] += 1
+            self._others_since[camera] = 0
+            if self._timeout_s <= 0.0 or len(self._cameras) < 2:
+                return None
+            rounds = LEFT_OUT_ROUNDS * (len(self._cameras) - 1)
+            out = tuple(cam for cam in self._cameras
+                        if self._others_since[cam] >= rounds
+                        and now - self._last_arrival[cam] >= self._timeout_s)
+            previous, self._left_out = self._left_out, out
+        if out != previous:
+            gone = [cam for cam in out if cam not in previous]
+            back = [cam for cam in previous if cam not in out]
+            if gone:
+                self._log.warning(
+                    f'no images from {", ".join(gone)} for {self._timeout_s:g} s or more '
+                    f'(camera_timeout_s): segmenting the other cameras without '
+                    f'{"it" if len(gone) == 1 else "them"} until '
+                    f'{"it sends" if len(gone) == 1 else "they send"} again')
+            if back:
+                self._log.info(f'{", ".join(back)} sends again: back in the groups')
+        return [cam for cam in self._cameras if cam not in out] if out else None
 
     def clear(self) -> None:
         """Forget pending frames and the late watermark (deactivate, ROS clock jumps)."""
@@ -101,12 +165,17 @@ class LivePairer:
         """Pairing counters for diagnostics: pairs, unpaired, unpaired_future, time jumps.
 
         ``pairs`` counts groups (sync exact) or frames let through (sync none); per camera,
-        ``C_unpaired`` counts its frames that left the pairer without a group.
+        ``C_unpaired`` counts its frames that left the pairer without a group. Sync exact also
+        counts ``partial_groups`` (groups without a camera that stopped) and, per camera,
+        ``C_left_out`` (groups it was left out of).
         """
         stats = self.pairer.stats
         if self.sync == 'none':
             return {'pairs': self._passed}
-        return {'pairs': stats.matched,
+        with self._live_lock:
+            partial = {'partial_groups': self._partial,
+                       **{f'{cam}_left_out': n for cam, n in self._left_out_groups.items()}}
+        return {'pairs': stats.matched, **partial,
                 **{f'{cam}_unpaired': n for cam, n in stats.dropped_unmatched.items()},
                 'unpaired': stats.dropped,
                 'unpaired_future': sum(stats.dropped_future.values()),

@@ -100,9 +100,15 @@ PARAMS: Tuple[Param, ...] = (
           'camera namespaces to segment, any list (e.g. [front, front_left, front_right, rear, '
           'rear_left, rear_right]); all run as one batch by one model'),
     Param('sync', 'exact',
-          "'exact': one frame per camera with stamps within pair_tolerance_ms per batch (a dead "
-          "camera stalls the group); 'none': each camera's newest frame, whatever its stamp",
+          "'exact': one frame per camera with stamps within pair_tolerance_ms per batch (a "
+          "camera that stops is left out after camera_timeout_s); 'none': each camera's newest "
+          'frame, whatever its stamp',
           choices=SYNC_MODES),
+    Param('camera_timeout_s', 1.0,
+          'sync exact: a camera that sent nothing for this long (and for 3 frames of every '
+          'other camera) is left out of the groups until it sends again, so the others go on; '
+          '0 = wait for every camera',
+          range=(0.0, 3600.0)),
     Param('stereo_cameras', ['left', 'right'],
           'the (left, right) pair of cameras whose images make semantic/points; the cloud '
           'exists when both are in cameras and is computed only while somebody subscribes'),
@@ -188,6 +194,7 @@ class NodeParams:
     cameras: Tuple[str, ...]
     sync: str
     stereo_cameras: Tuple[str, ...]
+    camera_timeout_s: float
     input_transport: str
     decode_threads: int
     label_space: str

@@ -42,6 +42,8 @@ def test_error_and_inactive_states_come_first():
 
 @pytest.mark.parametrize('delta,extra,reason', [
     ({'left_images': 30}, {}, 'no right images arrive (30 left), so no pair can form'),
+    ({'left_images': 30}, {'camera_timeout_s': 1.0},
+     'sync exact waits camera_timeout_s=1 s, then segments the others'),
     ({'left_images': 30}, {'reliability': {'right': 'best_effort'}, 'publishers': {'right': 1}},
      'best_effort input loses large images in transport'),
     ({'left_images': 30, 'right_images': 30, 'rejected': 60}, {'last_reject': 'left: bad'},
@@ -132,3 +134,11 @@ def test_counter_values_cover_every_rejection_kind_and_sum_losses():
     assert values['rejected_messages'] == '3' and values['rejected_too_small'] == '2'
     assert values['lost_images'] == '5'
     assert all(values[f'rejected_{kind}'] for kind in REJECT_KINDS)
+
+
+def test_a_camera_left_out_of_the_groups_is_a_warning_while_the_others_flow():
+    level, message = assess(facts(flowing(right_images=10), left_out=('right',),
+                                  camera_timeout_s=1.0))
+    assert level == WARN
+    assert message == ('segmenting at 10.00 Hz; right left out of the groups: no images for '
+                       'camera_timeout_s=1 s (the other cameras are segmented)')

@@ -99,8 +99,8 @@ def test_six_cameras_each_get_their_outputs_with_their_header_and_size(harness, 
         'labels', 'labels/compressed', 'camera_info', 'color', 'overlay')}
 
 
-def test_a_dead_camera_stalls_sync_exact_and_diagnostics_name_it(harness):
-    h = rig(harness, StandIn())
+def test_a_dead_camera_stalls_sync_exact_without_timeout_and_diagnostics_name_it(harness):
+    h = rig(harness, StandIn(), camera_timeout_s=0.0)
     h.listen('front/semantic/labels')
     h.start()
     h.wait_connected(cameras=RIG)
@@ -117,7 +117,52 @@ def test_a_dead_camera_stalls_sync_exact_and_diagnostics_name_it(harness):
     assert status.level == DiagnosticStatus.WARN
     assert 'no rear_right images arrive (3 front' in status.message, status.message
     assert 'so no stamp group can form' in status.message
-    assert 'sync:=none segments the others' in status.message
+    assert 'camera_timeout_s=0 waits for every camera' in status.message
+    assert node.counters['partial_groups'] == 0
+
+
+def test_a_dead_camera_is_left_out_of_sync_exact_groups_and_comes_back(harness):
+    model = StandIn()
+    h = rig(harness, model, camera_timeout_s=0.3)
+    h.listen(*[f'{cam}/semantic/labels' for cam in RIG])
+    h.start()
+    h.wait_connected(cameras=RIG)
+    images = rig_images()
+    node = h.seg_node
+    base = now_ns(h.io)
+
+    def send(i, cams):
+        for cam in cams:
+            h.pubs[cam].publish(make_image(images[cam], base + i * S // 10, f'{cam}_optical'))
+
+    send(0, RIG)  # a full group first
+    assert h.spin_until(lambda: all(h.received[f'{c}/semantic/labels'] for c in RIG))
+    # rear_right stops: the others wait camera_timeout_s and 3 of their frames, then go on.
+    i = 1
+    while not len(h.received['front/semantic/labels']) > 1 and i < 60:
+        send(i, RIG[:-1])
+        h.spin_until(lambda: False, timeout=0.1)
+        i += 1
+    assert len(h.received['front/semantic/labels']) > 1, 'the others never went on'
+    assert i - 1 >= 3  # never before three frames of the others
+    assert all(len(h.received[f'{c}/semantic/labels']) > 1 for c in RIG[:-1])
+    assert len(h.received['rear_right/semantic/labels']) == 1
+    assert model.calls[-1] == (5, False)  # one batch of the five live cameras
+    counts = node.counters
+    assert counts['partial_groups'] >= 1 and counts['rear_right_left_out'] >= 1
+    assert counts['front_left_out'] == 0
+    status = node.diagnostics()
+    assert status.level == DiagnosticStatus.WARN, status.message
+    assert 'rear_right left out of the groups: no images for camera_timeout_s=0.3 s' \
+        in status.message
+    assert values(node)['rear_right/left_out'] == str(counts['rear_right_left_out'])
+    # It sends again: from its second frame on (the first may meet a group formed without
+    # it), whole groups, all six cameras in one batch.
+    for i in range(i + 1, i + 3):
+        send(i, RIG)
+        h.spin_until(lambda: False, timeout=0.1)
+    assert h.spin_until(lambda: len(h.received['rear_right/semantic/labels']) >= 2)
+    assert model.calls[-1] == (6, False) and node.state == 'active'
 
 
 def test_a_dead_camera_with_sync_none_leaves_the_others_flowing(harness):

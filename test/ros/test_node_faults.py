@@ -74,6 +74,20 @@ def wait_for_points_and_calibration(h, infos):
                         and h.seg_node.counters.get('right_camera_info') == 1)
 
 
+def calibrated_points_rig(harness, overrides, *listen):
+    """Start a node whose semantic/points we subscribe to, calibrated; return (h, clouds)."""
+    h = harness(factory=lambda p: StandIn(), overrides=overrides)
+    clouds = []
+    h.io.create_subscription(PointCloud2, 'semantic/points', clouds.append, RELIABLE)
+    infos = {c: h.io.create_publisher(CameraInfo, f'{c}/camera_info', RELIABLE)
+             for c in ('left', 'right')}
+    h.listen(*listen)
+    h.start()
+    h.wait_connected()
+    wait_for_points_and_calibration(h, infos)
+    return h, clouds
+
+
 # -- issue 11.1: time jumps -----------------------------------------------------------------------
 
 def test_output_resumes_after_one_pair_stamped_far_in_the_future(harness, stereo_pair):
@@ -150,16 +164,8 @@ def test_stamps_far_from_the_clock_stay_out_of_the_latency_statistics(harness, s
 def test_point_cloud_error_is_not_a_segmentation_failure(harness, stereo_pair):
     overrides = dict(POINTS_PARAMS, stereo_disparity_range=256, points_downscale=2,
                      stereo_block_size=5)  # OpenCV refuses 256 disparities on 64 px
-    h = harness(factory=lambda p: StandIn(), overrides=overrides)
-    clouds = []
-    h.io.create_subscription(PointCloud2, 'semantic/points', clouds.append, RELIABLE)
-    infos = {c: h.io.create_publisher(CameraInfo, f'{c}/camera_info', RELIABLE)
-             for c in ('left', 'right')}
-    h.listen('left/semantic/labels')
-    h.start()
-    h.wait_connected()
+    h, clouds = calibrated_points_rig(harness, overrides, 'left/semantic/labels')
     node = h.seg_node
-    wait_for_points_and_calibration(h, infos)
     stamp = now_ns(h.io)
     h.publish_pair(stereo_pair, stamp)
     assert h.spin_until(lambda: h.received['left/semantic/labels'])
@@ -173,17 +179,38 @@ def test_point_cloud_error_is_not_a_segmentation_failure(harness, stereo_pair):
     assert 'semantic/points failed 1 times (labels published)' in status.message
 
 
+def test_a_stereo_camera_that_stops_leaves_the_other_segmented_without_a_cloud(
+        harness, stereo_pair):
+    h, clouds = calibrated_points_rig(harness, dict(POINTS_PARAMS, camera_timeout_s=0.2),
+                                      'left/semantic/labels', 'right/semantic/labels')
+    node = h.seg_node
+    base = now_ns(h.io)
+    h.publish_pair(stereo_pair, base)
+    assert h.spin_until(lambda: clouds and h.received['right/semantic/labels'])
+    sent = 1
+    while len(h.received['left/semantic/labels']) < 2 and sent < 40:  # right stops
+        h.publish_pair(stereo_pair[:1], base + sent * PERIOD, cameras=('left',))
+        h.spin_until(lambda: False, timeout=0.1)
+        sent += 1
+    assert len(h.received['left/semantic/labels']) >= 2, 'left stalled with right'
+    assert sent - 1 >= 3 and len(h.received['right/semantic/labels']) == 1
+    assert len(clouds) == 1 and node.counters['points_skipped'] >= 1
+    assert node.counters['right_left_out'] >= 1 and node.state == 'active'
+    assert 'right left out of the groups' in node.diagnostics().message
+
+
 # -- issue 11.3: never OK while input arrives and nothing comes out -------------------------------
 
 @pytest.mark.parametrize('case,reason', [
-    ('left_only', 'no right images arrive (3 left), so no pair can form'),
+    ('left_only', 'no right images arrive (3 left), so no pair can form (no partner; sync '
+                  'exact waits camera_timeout_s=60 s, then segments the others'),
     ('unsynchronised', 'no partner: none of 6 images found a partner within '
                        'pair_tolerance_ms=5; the latest stamps differ by 20.0 ms'),
     ('no_subscribers', 'no subscribers: nobody subscribes to any output'),
 ])
 def test_diagnostics_warn_with_the_reason_when_nothing_comes_out(harness, stereo_pair, case,
                                                                  reason):
-    h = harness(factory=lambda p: StandIn())
+    h = harness(factory=lambda p: StandIn(), overrides={'camera_timeout_s': 60.0})
     if case != 'no_subscribers':
         h.listen('left/semantic/labels')
     h.start()
