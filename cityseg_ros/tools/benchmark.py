@@ -59,19 +59,43 @@ TABLES = {
 DEFAULT_TABLES = ['forward', 'backends', 'render', 'node', 'stereo', 'metrics', 'eval']
 
 
+# Option bounds: a run of 0 rows or batches of 0 images has no median (it was an IndexError),
+# and a NaN or negative soak ended at once while 1e308 s never did.
+MAX_RUNS = 10_000
+MAX_BATCH = 256
+MAX_DURATION_S = 7 * 86400.0
+
+
+def _bounded(kind: type, low: float, high: float):
+    """Return an argparse type: ``kind(text)`` within ``low..high`` (NaN never is)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = 'an integer' if kind is int else 'a number'
+            raise argparse.ArgumentTypeError(f'{text!r} is not {what}') from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'{text!r} must be {low:g}..{high:g}')
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='benchmark', description=__doc__.splitlines()[0])
     parser.add_argument('--tables', nargs='+', default=DEFAULT_TABLES,
                         help=f'tables to print, from: {", ".join(TABLES)}')
     parser.add_argument('--models', nargs='+', default=['espnetv2'], choices=model_names())
     parser.add_argument('--device', default='auto')
-    parser.add_argument('--runs', type=int, default=5, help='timed runs per row')
-    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--runs', type=_bounded(int, 1, MAX_RUNS), default=5,
+                        help=f'timed runs per row, 1..{MAX_RUNS}')
+    parser.add_argument('--batch-size', type=_bounded(int, 1, MAX_BATCH), default=1,
+                        help=f'images per forward pass, 1..{MAX_BATCH}')
     parser.add_argument('--backends', nargs='+', choices=BACKENDS, default=None,
                         help='backends of the backends table (default: all for the device); '
                              'the node table runs once per backend (default: torch)')
-    parser.add_argument('--duration-s', type=float, default=600.0,
-                        help='length of the soak table run, seconds (default 600)')
+    parser.add_argument('--duration-s', type=_bounded(float, 1.0, MAX_DURATION_S), default=600.0,
+                        help='length of the soak table run, seconds (default 600, at most '
+                             f'{MAX_DURATION_S:g})')
     parser.add_argument('--sizes', nargs='+', type=parse_size, metavar='HxW',
                         default=[(512, 1024), (1024, 2048)],
                         help='input sizes of the hrnet and internimage tables, one table each '

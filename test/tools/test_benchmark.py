@@ -18,6 +18,7 @@ import sys
 from unittest import mock
 
 from cityseg_ros.tools import benchmark
+import pytest
 
 
 def test_heavy_model_tables_run_once_per_size(capsys):
@@ -35,6 +36,24 @@ def test_unknown_table_exits_2_with_one_line(capsys):
     assert benchmark.main(['--tables', 'nope']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'unknown table' in err[0]
+
+
+@pytest.mark.parametrize('option, message', [
+    # Before: IndexError / ValueError tracebacks, a soak that ended at once (NaN, -1) or
+    # never (1e308), and 1e20 runs that never ended.
+    (('--runs', '0'), "'0' must be 1..10000"),
+    (('--runs', str(10**20)), 'must be 1..10000'),
+    (('--batch-size', '0'), "'0' must be 1..256"),
+    (('--batch-size', str(10**11)), 'must be 1..256'),
+    (('--duration-s', 'nan'), "'nan' must be 1..604800"),
+    (('--duration-s', '-1'), "'-1' must be 1..604800"),
+    (('--duration-s', '1e308'), "'1e308' must be 1..604800"),
+])
+def test_option_values_out_of_range_exit_2_with_one_line(capsys, option, message):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(['--tables', 'forward', *option])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count('\n') == 1 and message in err, err
 
 
 def test_backends_table_and_node_table_per_backend_are_dispatched(capsys):
