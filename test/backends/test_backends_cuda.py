@@ -127,3 +127,54 @@ def test_tensorrt_engine_agrees_with_torch_and_is_cached(reference, precision, t
     _compare(again, reference)
     assert any('TensorRT' in line and 'cached in' in line for line in lines), lines
     assert not any('building' in line for line in lines), lines
+
+
+# -- the torch path on the GPU against the CPU --------------------------------------------------
+
+_PAIR = (_WEIGHTS.parents[2] / 'cityscapes', 'frankfurt', 'frankfurt_000000_009291')
+
+
+def _images() -> list:
+    """Return the Cityscapes stereo pair from ../shared, else two smooth random frames."""
+    from cityseg_ros.imageio import read_rgb
+
+    root, city, stem = _PAIR
+    paths = [root / f'{side}Img8bit' / 'val' / city / f'{stem}_{side}Img8bit.png'
+             for side in ('left', 'right')]
+    if all(p.is_file() for p in paths):
+        return [read_rgb(p) for p in paths]
+    rng = np.random.default_rng(0)
+    small = [rng.integers(0, 256, (64, 128, 3), dtype=np.uint8) for _ in range(2)]
+    return [np.kron(s, np.ones((16, 16, 1), np.uint8)) for s in small]
+
+
+def test_cuda_predict_of_a_stereo_pair_equals_the_cpu_path(reference):
+    """Preprocessing, the label shortcut and confidence on the GPU: the CPU's labels."""
+    torch.manual_seed(0)
+    weights = str(_WEIGHTS) if _WEIGHTS.is_file() else None
+    cpu = Segmenter('espnetv2', weights=weights, device='cpu', input_size=SIZE)
+    torch.manual_seed(0)
+    gpu = Segmenter('espnetv2', weights=weights, device='cuda', input_size=SIZE)
+    images = _images()
+    expected = cpu.predict(images, confidence=True)
+    got = gpu.predict(images, confidence=True)
+    for want, have in zip(expected, got):
+        assert have.labels.shape == want.labels.shape and have.labels.dtype == np.uint8
+        assert float((have.labels == want.labels).mean()) >= 0.999
+        diff = np.abs(have.confidence.astype(int) - want.confidence.astype(int))
+        assert float((diff <= 1).mean()) >= 0.999, int(diff.max())
+
+
+@pytest.mark.parametrize('model', ['hrnet_w48_ocr', 'sernet_former', 'upernet_internimage_l'])
+def test_every_large_model_gives_the_cpu_logits_on_cuda(reference, model):
+    """Model code on the GPU (DCNv3's core, OCR's gathers, attention): no CPU-only tensor."""
+    torch.manual_seed(0)
+    cpu = Segmenter(model, weights=None, device='cpu', input_size=(128, 256))
+    gpu = Segmenter(model, weights=None, device='cuda', input_size=(128, 256))
+    gpu.net.load_state_dict(cpu.net.state_dict())
+    x = cpu.preprocess([_images()[0][::8, ::8].copy()])
+    with torch.inference_mode():
+        want = cpu.logits(x)
+        have = gpu.logits(x.to('cuda')).cpu()
+    error = float((have - want).abs().max()) / max(1.0, float(want.abs().max()))
+    assert error <= FP32_TOLERANCE, error
