@@ -83,7 +83,8 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
             argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, call ``run`` and turn our errors into one stderr line and exit code 2.
 
-    Only :class:`CitysegError` is caught: anything else is a bug and keeps its traceback.
+    Only :class:`CitysegError` is caught, and an ``OSError`` that names a path (the user's: a
+    name too long, a loop of symbolic links); anything else is a bug and keeps its traceback.
     Usage errors (a bad option value) are one line too, with argparse's exit code 2.
     """
     import cv2
@@ -102,6 +103,14 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
         return run(args)
     except CitysegError as exc:
         print(f'{parser.prog}: error: {_one_line(exc)}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        # One that names a path is the user's path (a name too long, a loop of links, no
+        # permission) met by a check that did not expect it; anything else is a bug.
+        if exc.filename is None:
+            raise
+        print(f'{parser.prog}: error: {_one_line(exc.filename)}: '
+              f'{_one_line(exc.strerror or exc)}; pass another path', file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f'{parser.prog}: interrupted', file=sys.stderr)

@@ -89,10 +89,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--out {args.out} must end in .onnx')
     if args.out.is_dir():
         raise ConfigError(f'--out {args.out} is a directory; name the .onnx file to write')
+    for parent in args.out.parents:  # before building the model, not after exporting it
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f'--out {args.out}: {parent} is a file, not a folder')
+            break
     if args.opset < MIN_OPSET:
         raise ConfigError(f'--opset {args.opset}: use {MIN_OPSET} or newer (default {OPSET})')
     require('onnx', 'onnx', 'export_model')  # before minutes of model building
     require('onnxscript', 'onnx', "export_model (torch's dynamo exporter)")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if args.opset > newest:  # else minutes later, the exporter's multi-line colour message
+        raise ConfigError(f'--opset {args.opset}: the installed onnx {onnx.__version__} knows '
+                          f'opsets up to {newest}; use {MIN_OPSET}..{newest} (default {OPSET})')
     weights = None if str(args.weights).lower() == 'none' else args.weights
     net = prepare_network(spec.name, weights)
     meta = {'cityseg_ros.model': spec.name, 'cityseg_ros.mean': spec.mean,

@@ -132,6 +132,8 @@ def test_internimage_graph_equals_the_official_outputs(tmp_path, capsys, shared,
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'espnetv2', '--input-size', '72x136'], 'multiples of 32'),
     (['--model', 'espnetv2', '--input-size', '64x128', '--opset', '16'], 'opset 16'),
+    # Before: the exporter's multi-line colour message after building the model.
+    (['--model', 'espnetv2', '--input-size', '64x128', '--opset', str(10**14)], 'knows opsets'),
     (['--model', 'hrnet_w48_ocr', '--input-size', '64x128', '--weights', 'missing.pth'],
      'missing.pth'),
 ])
