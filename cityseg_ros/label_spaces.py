@@ -226,6 +226,8 @@ def load_label_map(path: Union[str, Path]) -> LabelSpace:
     except yaml.YAMLError as exc:
         raise ConfigError(f'label map {path} is not valid YAML: '
                           f'{str(exc).splitlines()[0]}') from None
+    except RecursionError:  # '[' * 5000 fits in 64 KiB; PyYAML's composer recurses per level
+        raise ConfigError(f'label map {path} nests too deeply to be a label map') from None
     if not isinstance(doc, dict):
         raise ConfigError(f'label map {path} must be a mapping with ignore and classes')
     unknown = set(doc) - {'name', 'ignore', 'classes'}

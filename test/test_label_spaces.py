@@ -165,6 +165,7 @@ def test_unlisted_train_ids_map_to_ignore_and_ids_may_repeat(tmp_path):
      "no 'color'"),
     (GOOD_IGNORE + 'classes:\n  - [1, a]\n', 'must be a mapping'),
     ('a: &a [1, 1]\nb: &b [*a, *a]\nignore: *b\nclasses: *b\n', 'unknown key'),
+    ('[' * 5000 + ']' * 5000, 'nests too deeply'),  # before: a RecursionError traceback
 ])
 def test_bad_label_maps_are_refused_with_the_reason(tmp_path, text, reason):
     path = _write(tmp_path, text)
