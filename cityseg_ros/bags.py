@@ -1103,13 +1103,26 @@ def _metadata(path: Path) -> Optional[dict]:
         return None
     try:
         if meta.stat().st_size > _MAX_METADATA_BYTES:
-            _LOG.warning('%s is larger than %d bytes: ignored', meta, _MAX_METADATA_BYTES)
+            _warn_once(meta, f'{meta} is larger than {_MAX_METADATA_BYTES} bytes: ignored')
             return None
         info = YAML(typ='safe').load(meta.read_text())['rosbag2_bagfile_information']
         return info if isinstance(info, dict) else None
     except Exception:  # noqa: B902 - any bad YAML: fall back to the files present
-        _LOG.warning('%s is not a readable rosbag2 metadata file: ignored', meta)
+        _warn_once(meta, f'{meta} is not a readable rosbag2 metadata file: ignored')
         return None
+
+
+_WARNED: set = set()
+
+
+def _warn_once(path: Path, message: str) -> None:
+    """Warn about a bag file once per process: evaluate opens the bag once per stream."""
+    key = (str(path.resolve()), message)
+    if key in _WARNED:
+        return
+    if len(_WARNED) < 1024:  # bounded, like every cache
+        _WARNED.add(key)
+    _LOG.warning('%s', message)
 
 
 def _bag_layout(path: Path) -> _Layout:

@@ -197,6 +197,17 @@ def test_huge_metadata_yaml_is_ignored(tmp_path):
         assert len(list(bag.read_images(TOPIC))) == 3
 
 
+def test_unreadable_metadata_yaml_is_one_warning_however_often_the_bag_opens(tmp_path, caplog):
+    """Before: one warning per reader (evaluate opens a bag once per stream: 4 lines)."""
+    _sqlite_bag(tmp_path / 'bag')
+    (tmp_path / 'bag' / 'metadata.yaml').write_text('[' * 300 + ']' * 300 + ' ]')
+    for _ in range(4):
+        with BagReader(tmp_path / 'bag') as bag:
+            assert len(list(bag.read_images(TOPIC))) == 3
+    warnings = [r for r in caplog.records if 'not a readable rosbag2 metadata' in r.message]
+    assert len(warnings) == 1, caplog.text
+
+
 def test_paths_that_are_not_bags(tmp_path):
     (tmp_path / 'dir.mcap').mkdir()
     with pytest.raises(BagError, match='not a rosbag2'):
