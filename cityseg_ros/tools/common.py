@@ -16,7 +16,9 @@
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from cityseg_ros.errors import CitysegError
@@ -99,6 +101,7 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
     # error line says it (their text is logged with -v).
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     quiet = quiet_codec_messages(True)
+    previous = _terminate_as_interrupt()
     try:
         return run(args)
     except CitysegError as exc:
@@ -112,8 +115,31 @@ def run_cli(build_parser: Callable[[], argparse.ArgumentParser],
         print(f'{parser.prog}: error: {_one_line(exc.filename)}: '
               f'{_one_line(exc.strerror or exc)}; pass another path', file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f'{parser.prog}: interrupted', file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f'{parser.prog}: {"terminated" if isinstance(exc, Terminated) else "interrupted"}',
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     finally:
         quiet_codec_messages(quiet)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (no half-written output)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the old handler.
+
+    By default SIGTERM ends Python at once: a bag, PNG or checkpoint being written stays
+    half-written under its final name. Only the main thread can set a handler (tests may call
+    a tool from another): then nothing changes and None is returned.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)

@@ -15,7 +15,9 @@
 """make_bag: Cityscapes folders -> the contract bag, read back; bad input exits 2."""
 
 import json
+import os
 import re
+import signal
 import struct
 import zlib
 
@@ -206,6 +208,33 @@ def test_unreadable_png_exits_2_and_leaves_no_partial_bag(tmp_path, capsys):
                      '--out', tmp_path / 'bag')
     assert code == 2
     assert 'aachen_000001_000019_gtFine_labelIds.png is truncated' in _one_error_line(err)
+    assert not (tmp_path / 'bag').exists()
+
+
+def test_sigterm_while_writing_leaves_no_partial_bag(tmp_path, capsys, monkeypatch):
+    """Before: SIGTERM ended Python at once, leaving a truncated bag under its final name."""
+    _cityscapes(tmp_path / 'cs')
+    read = make_bag._read_rgb
+    calls = []
+
+    def read_then_terminate(path):
+        calls.append(path)
+        if len(calls) == 2:  # the first frame is written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read(path)
+
+    def default(signum, frame):  # what would otherwise end this test process
+        raise AssertionError('SIGTERM reached the default handler')
+
+    monkeypatch.setattr(make_bag, '_read_rgb', read_then_terminate)
+    previous = signal.signal(signal.SIGTERM, default)
+    try:
+        code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train',
+                         '--out', tmp_path / 'bag')
+        assert signal.getsignal(signal.SIGTERM) is default  # the tool put it back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143 and err.strip() == 'make_bag: terminated', err
     assert not (tmp_path / 'bag').exists()
 
 
