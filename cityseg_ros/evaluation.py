@@ -978,7 +978,8 @@ def load_evaluation(folder: PathLike) -> Evaluation:
     counts = Counts.load(folder / 'counts.npz')
     evaluation = Evaluation(counts=counts, shard=None, merged_from=[str(folder)])
     metrics_path = folder / 'metrics.json'
-    if metrics_path.exists():
+    # A dangling link or a loop of links "does not exist" but is no absent file: refused below.
+    if metrics_path.exists() or metrics_path.is_symlink():
         try:
             _check_capped(metrics_path, _MAX_METRICS_BYTES)
             _parse_metrics(json.loads(metrics_path.read_bytes()), evaluation)
@@ -987,7 +988,7 @@ def load_evaluation(folder: PathLike) -> Evaluation:
                                '); re-run that shard, or remove the file to merge its counts '
                                'alone') from None
     frames_path = folder / 'frames.csv'
-    if frames_path.exists():
+    if frames_path.exists() or frames_path.is_symlink():
         try:
             _check_capped(frames_path, _MAX_FRAMES_CSV_BYTES)
             with frames_path.open(newline='', encoding='utf-8') as handle:

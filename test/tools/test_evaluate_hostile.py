@@ -198,6 +198,12 @@ def _corrupt(folder, case):
         metrics.unlink()
         os.mkfifo(metrics)
         return 'not a regular file'
+    if case in ('metrics: a loop of links', 'frames: a dangling link'):
+        # Before: exists() is False for these, so the file was silently left out of the merge.
+        path = metrics if case.startswith('metrics') else frames
+        path.unlink()
+        path.symlink_to(path.name if case.startswith('metrics') else 'gone.csv')
+        return 'not a regular file'
     if case == 'frames: a pipe':
         frames.unlink()
         os.mkfifo(frames)
@@ -242,7 +248,7 @@ MERGE_CASES = [
     'metrics: infinite timing', 'metrics: timing as a list', 'metrics: zero workers',
     'metrics: deep nesting', 'metrics: a 5000-digit number', 'metrics: limit zero',
     'metrics: topics of numbers', 'metrics: not UTF-8', 'metrics: a directory',
-    'metrics: a pipe', 'frames: a pipe',
+    'metrics: a pipe', 'frames: a pipe', 'metrics: a loop of links', 'frames: a dangling link',
     'frames: other columns', 'frames: stamp text', 'frames: stamp beyond int64',
     'frames: infinite score', 'frames: a NUL byte', 'frames: a field of 1 MB',
     'frames: a row missing', 'frames: not UTF-8',
