@@ -183,7 +183,12 @@ def find_frames(root: Path, split: str, cities: Sequence[str] = (),
 
     def part(folder: str, city: str, name: str, suffix: str) -> Optional[Path]:
         path = root / folder / split / city / f'{name}_{suffix}'
-        return path if path.is_file() else None
+        if path.is_file():
+            return path
+        if path.exists() or path.is_symlink():  # not silently "absent": a pipe would block
+            raise ImageError(f'{path} is not a regular file (a directory, pipe, device, loop '
+                             'of links or dangling link); replace or remove it')
+        return None
 
     frames = []
     for left in lefts:

@@ -211,6 +211,26 @@ def test_unreadable_png_exits_2_and_leaves_no_partial_bag(tmp_path, capsys):
     assert not (tmp_path / 'bag').exists()
 
 
+@pytest.mark.parametrize('kind', ['loop', 'fifo', 'directory', 'dangling'])
+def test_a_frame_part_that_is_no_regular_file_is_refused(tmp_path, capsys, kind):
+    """Before: such a camera.json, right image or label file counted as absent (exit 0)."""
+    _cityscapes(tmp_path / 'cs')
+    camera = tmp_path / 'cs' / 'camera' / 'train' / 'aachen' / 'aachen_000000_000019_camera.json'
+    camera.unlink()
+    if kind == 'loop':
+        camera.symlink_to(camera.name)
+    elif kind == 'fifo':
+        os.mkfifo(camera)
+    elif kind == 'directory':
+        camera.mkdir()
+    else:
+        camera.symlink_to('gone.json')
+    code, err = _run(capsys, '--cityscapes-root', tmp_path / 'cs', '--split', 'train',
+                     '--out', tmp_path / 'bag')
+    assert code == 2 and 'is not a regular file' in _one_error_line(err)
+    assert not (tmp_path / 'bag').exists()
+
+
 def test_sigterm_while_writing_leaves_no_partial_bag(tmp_path, capsys, monkeypatch):
     """Before: SIGTERM ended Python at once, leaving a truncated bag under its final name."""
     _cityscapes(tmp_path / 'cs')
