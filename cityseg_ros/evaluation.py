@@ -1114,7 +1114,7 @@ def check_output_folder(out_dir: PathLike, create: bool = False) -> None:
 
     Raises:
         ConfigError: ``out_dir`` (or a folder above it) is a file, one of
-            :data:`OUTPUT_FILES` in it is a folder, or it cannot be created.
+            :data:`OUTPUT_FILES` in it is a folder, pipe or device, or it cannot be created.
     """
     out = Path(out_dir)
     for parent in (out, *out.parents):
@@ -1127,6 +1127,9 @@ def check_output_folder(out_dir: PathLike, create: bool = False) -> None:
         if (out / name).is_dir():
             raise ConfigError(f'--out {out}: {out / name} is a folder; remove it or pass '
                               'another --out')
+        if (out / name).exists() and not (out / name).is_file():  # writing to a pipe blocks
+            raise ConfigError(f'--out {out}: {out / name} is not a regular file (a pipe or '
+                              'device); remove it or pass another --out')
     if create:
         try:
             out.mkdir(parents=True, exist_ok=True)

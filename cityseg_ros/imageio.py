@@ -479,10 +479,21 @@ def write_png(path: PathLike, image: np.ndarray) -> None:
     ok, buf = cv2.imencode('.png', image)
     if not ok:
         raise ImageError(f'could not encode {path} as PNG')
+    # Written beside it, then renamed: an interrupted run leaves no half PNG under the name,
+    # and a pipe or device of that name is replaced, not written into (which would block).
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        buf.tofile(str(path))
+        buf.tofile(str(tmp))
+        os.replace(tmp, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise ImageError(f'cannot write {path}: {exc.strerror or exc}') from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def find_images(paths: Iterable[PathLike], exclude: Optional[PathLike] = None) -> Iterator[Path]:

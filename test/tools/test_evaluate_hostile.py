@@ -293,6 +293,15 @@ def test_sums_that_overflow_and_a_huge_shard_count_are_one_line(tmp_path, capsys
     assert err.count('\n') == 1 and f'8/{2**62} and {2**62 - 9} more' in err, err
 
 
+@pytest.mark.parametrize('name', ['metrics.json', 'frames.csv', 'confusion.png'])
+def test_a_pipe_where_an_output_goes_is_refused_not_written_into(tmp_path, capsys, shard, name):
+    """Before: open() of the FIFO blocked forever (the merge hung)."""
+    (tmp_path / 'out').mkdir()
+    os.mkfifo(tmp_path / 'out' / name)
+    code, err = _run(capsys, 'merge', '--out', tmp_path / 'out', shard)
+    assert_one_error_line(code, err, 'is not a regular file (a pipe or device)')
+
+
 def test_negative_counts_no_longer_merge_into_negative_frames(tmp_path, capsys, shard):
     """The issue's case: counts of -92 frames merged into '-92 frames'."""
     folder = tmp_path / 'shard'

@@ -401,3 +401,21 @@ def test_codec_messages_stay_off_stderr_and_a_grey_filled_jpeg_is_refused(tmp_pa
         assert code == 2 and len(lines) == 1, (path.name, err)
         assert lines[0].startswith(f'segment_images: error: {path}'), err
         assert not list((tmp_path / 'out').glob('*.png')), path.name
+
+
+def test_a_pipe_where_an_output_goes_is_replaced_not_written_into(tmp_path, capsys):
+    """Outputs are written beside and renamed: no half PNG under the name, no blocked write.
+
+    Before: writing the PNG into the FIFO blocked forever.
+    """
+    src = tmp_path / 'cam.png'
+    write_png(src, np.zeros((64, 128, 3), np.uint8))
+    out = tmp_path / 'out'
+    out.mkdir()
+    os.mkfifo(out / 'cam_trainIds.png')
+    code, err = _run(capsys, '--weights', 'none', '--device', 'cpu', '--input-size', '64x128',
+                     '--out', out, '--quiet', src)
+    assert code == 0, err
+    assert (out / 'cam_trainIds.png').is_file()
+    assert read_rgb(out / 'cam_trainIds.png').shape == (64, 128, 3)
+    assert sorted(p.name for p in out.iterdir()) == ['cam_trainIds.png']  # no temporary left
