@@ -1093,6 +1093,11 @@ class Trainer:
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f'--out {self.out} is {_kind_of(self.out)}, not a directory; '
                               'choose another --out')
+        for name in (CONFIG_FILE, SCALARS_FILE, SUMMARY_FILE, LAST_CHECKPOINT, MODEL_FILE):
+            path = self.out / name  # a pipe there would block the first write forever
+            if path.exists() and not path.is_file():
+                raise ConfigError(f'--out {self.out}: {path} is {_kind_of(path)}, not a file; '
+                                  'remove it or choose another --out')
         self.resume_path = self._resume_path()
         self.device = self._device()
         self.precision = self._precision()

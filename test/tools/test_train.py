@@ -112,6 +112,16 @@ def test_option_values_that_cannot_work_exit_2_with_one_line(tmp_path, capsys, o
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.parametrize('name', ['config.json', 'scalars.csv', 'summary.json'])
+def test_a_pipe_where_an_output_goes_is_refused(tmp_path, capsys, name):
+    """Before: the first write into the FIFO blocked forever (train hung)."""
+    root = _dataset(tmp_path / 'cs', frames=1)
+    (tmp_path / 'out').mkdir()
+    os.mkfifo(tmp_path / 'out' / name)
+    code, _, err = _run(capsys, _train_args(root, tmp_path / 'out'))
+    assert code == 2 and err.count('\n') == 1 and 'is a FIFO (named pipe), not a file' in err
+
+
 def test_trained_model_loads_in_segment_images_by_path(tmp_path, capsys):
     root = _dataset(tmp_path / 'cs')
     out = tmp_path / 'run'
