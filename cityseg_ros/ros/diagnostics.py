@@ -33,7 +33,7 @@ from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['CounterWindow', 'Facts', 'assess', 'OK', 'WARN', 'ERROR', 'WINDOW_S',
            'counter_values', 'camera_values', 'describe_clock_jump', 'REJECT_KINDS',
-           'LARGE_IMAGE_HINT']
+           'LARGE_IMAGE_HINT', 'clip_text', 'MAX_TEXT']
 
 # diagnostic_msgs/DiagnosticStatus levels (bytes there; ints here, no message import).
 OK, WARN, ERROR = 0, 1, 2
@@ -50,6 +50,9 @@ LARGE_IMAGE_HINT = ('make the camera publish reliable (input_reliability auto fo
                     "the camera's and the node's process the Fast DDS large-image profile "
                     '(FASTRTPS_DEFAULT_PROFILES_FILE=config/fastdds_large_images.xml, as '
                     'scripts/env.sh sets), or send compressed images')
+#: Longest text from a message (an encoding, a format, a frame_id, and the reasons that quote
+#: them) that goes into one log line or diagnostics value; a 1 MB frame_id was a 1 MB line.
+MAX_TEXT = 1000
 # Diagnostics key -> node counter, for the plain counts.
 _COUNTER_KEYS = (
     ('rate_limited_pairs', 'rate_limited'), ('rejected_messages', 'rejected'),
@@ -130,6 +133,19 @@ class Facts:
     transport: str = 'raw'
     camera_timeout_s: float = 0.0
     left_out: Sequence[str] = ()
+
+
+def clip_text(text: str, limit: int = MAX_TEXT) -> str:
+    """Shorten ``text`` to about ``limit`` characters, keeping its start and its end.
+
+    The end of a reason usually says what to do (the accepted encodings, the fix), so the cut
+    is made in the middle and says how much went.
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    head, tail = text[:limit * 2 // 3], text[-(limit // 3):]
+    return f'{head} ...[{len(text) - len(head) - len(tail)} characters cut]... {tail}'
 
 
 def counter_values(counts: Mapping[str, int]) -> Dict[str, str]:

@@ -54,8 +54,9 @@ from cityseg_ros.errors import CitysegError, ConfigError, ImageError
 from cityseg_ros.label_spaces import get_label_space
 from cityseg_ros.pairing import Matched
 from cityseg_ros.ros.compressed_input import CompressedInput
-from cityseg_ros.ros.diagnostics import (assess, camera_values, counter_values, CounterWindow,
-                                         describe_clock_jump, Facts, window_seconds)
+from cityseg_ros.ros.diagnostics import (assess, camera_values, clip_text, counter_values,
+                                         CounterWindow, describe_clock_jump, Facts,
+                                         MAX_TEXT, window_seconds)
 from cityseg_ros.ros.inputs import image_topic, InputSubscriptions
 from cityseg_ros.ros.messages import (compressed_to_rgb, image_to_rgb, input_problem,
                                       size_problem, stamp_ns, stamp_problem)
@@ -200,10 +201,35 @@ class SegmentNode(LifecycleNode):
         # jumps back, and the diagnostics must say so rather than go silent.
         self._diag_timer = self.create_timer(1.0, self.publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._guard_clock_topic()
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=Duration(nanoseconds=JUMP_NS),
                           min_backward=Duration(nanoseconds=-JUMP_NS), on_clock_change=True),
             post_callback=self._on_clock_jump)
+
+    def _guard_clock_topic(self) -> None:
+        """Make a malformed /clock message a rejected input instead of the end of the node.
+
+        rclpy's TimeSource turns each /clock message into a Time, which raises ValueError for a
+        negative ``sec``; raised in the executor, that ended ``spin`` and the process (with
+        ``use_sim_time``). rclpy has no hook for it: its callback is wrapped, and a /clock
+        subscription made before this (use_sim_time set at start) is made again with it.
+        """
+        source = self._time_source
+        plain = source.clock_callback
+
+        def checked(msg: Any) -> None:
+            try:
+                plain(msg)
+            except (ValueError, OverflowError) as exc:
+                self._reject('bad_stamp', '/clock', f'clock {msg.clock.sec} s '
+                             f'{msg.clock.nanosec} ns is not a time ({exc}); the ROS clock '
+                             'stays where it was')
+
+        source.clock_callback = checked
+        if source.ros_time_is_active:  # subscribed with the plain callback: subscribe again
+            source.ros_time_is_active = False
+            source.ros_time_is_active = True
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -370,6 +396,7 @@ class SegmentNode(LifecycleNode):
         with self._lock:
             self._counts['rejected'] += 1
             self._counts[f'rejected_{kind}'] += 1
+        reason = clip_text(reason)  # it may quote a 1 MB encoding or format string
         self._last_reject = f'{topic}: {reason}'
         self.get_logger().error(f'rejected a message on {self.resolve_topic_name(topic)}: '
                                 f'{reason}', throttle_duration_sec=THROTTLE_S)
@@ -525,7 +552,8 @@ class SegmentNode(LifecycleNode):
     def _internal_error(self, topic: str, exc: BaseException) -> None:
         self._count('internal_errors')
         self.get_logger().error(f'unexpected error on {topic} (the node goes on): '
-                                f'{type(exc).__name__}: {exc}\n{traceback.format_exc()}',
+                                f'{type(exc).__name__}: {clip_text(str(exc))}\n'
+                                f'{clip_text(traceback.format_exc(), 8 * MAX_TEXT)}',
                                 throttle_duration_sec=THROTTLE_S)
 
     def _on_clock_jump(self, jump: Any) -> None:

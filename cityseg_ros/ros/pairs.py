@@ -35,6 +35,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from cityseg_ros.pairing import Matched, StampPairer
+from cityseg_ros.ros.diagnostics import clip_text
 from std_msgs.msg import Header
 
 __all__ = ['LivePairer', 'JUMP_NS', 'MAX_PENDING']
@@ -186,8 +187,9 @@ class LivePairer:
         self._frame_ids[camera] = frame_id
         if previous is not None and previous != frame_id:
             self._count('frame_id_changes')
-            self._log.warning(f'{topic}: frame_id changed from {previous!r} to {frame_id!r}; '
-                              'outputs carry the new one', throttle_duration_sec=THROTTLE_S)
+            self._log.warning(f'{topic}: frame_id changed from {clip_text(repr(previous), 200)} '
+                              f'to {clip_text(repr(frame_id), 200)}; outputs carry the new one',
+                              throttle_duration_sec=THROTTLE_S)
 
     def _log_changes(self) -> None:
         stats = self.pairer.stats

@@ -375,6 +375,51 @@ def test_hostile_messages_are_counted_and_the_node_stays_active(harness, stereo_
     assert node.state == 'active' and node.worker.running
 
 
+def test_a_negative_clock_message_is_rejected_and_the_node_keeps_spinning(harness, stereo_pair):
+    """Before: rclpy's /clock callback raised ValueError on sec < 0, ending spin and the node."""
+    h = started(harness, use_sim_time=True)
+    node = h.seg_node
+    clock_pub = h.io.create_publisher(Clock, '/clock', BEST_EFFORT)
+    assert h.spin_until(lambda: clock_pub.get_subscription_count() >= 1)
+    good = Clock()
+    good.clock.sec = 1000
+    clock_pub.publish(good)
+    assert h.spin_until(lambda: node.get_clock().now().nanoseconds == 1000 * S)
+    bad = Clock()
+    bad.clock.sec = -5
+    clock_pub.publish(bad)  # before the fix: ValueError out of spin_once here
+    assert h.spin_until(lambda: node.counters.get('rejected_bad_stamp') == 1)
+    assert node.get_clock().now().nanoseconds == 1000 * S  # the clock stays where it was
+    assert '/clock: clock -5 s 0 ns is not a time' in values(node)['last_rejected']
+    assert pairs_until_output(h, stereo_pair, [1000 * S + i * PERIOD for i in range(3)]) == 1
+    assert node.state == 'active' and node.counters.get('internal_errors', 0) == 0
+
+
+def test_megabyte_strings_in_messages_give_short_log_lines_and_diagnostics(
+        harness, stereo_pair, capfd):
+    """A 1 MB frame_id or a 100 kB encoding was quoted whole in a log line and /diagnostics."""
+    h = started(harness)
+    node = h.seg_node
+    base = now_ns(h.io)
+    long_encoding = make_image(stereo_pair[0], base, 'left_optical', encoding='x' * 100_000)
+    h.pubs['left'].publish(long_encoding)
+    assert h.spin_until(lambda: node.counters.get('rejected_bad_image') == 1)
+    last = values(node)['last_rejected']
+    assert len(last) < 1200 and 'characters cut' in last, len(last)
+    assert last.endswith('(republish through image_proc or convert on the camera driver)')
+    huge_id = [make_image(img, base + S, f'{cam}_' + 'f' * (1 << 20))
+               for cam, img in zip(('left', 'right'), stereo_pair)]
+    for cam, msg in zip(('left', 'right'), huge_id):
+        h.pubs[cam].publish(msg)
+    assert h.spin_until(lambda: len(h.received['left/semantic/labels']) == 1)
+    assert len(h.received['left/semantic/labels'][0].header.frame_id) == 5 + (1 << 20)
+    assert pairs_until_output(h, stereo_pair, [base + 2 * S]) == 1  # frame_id changes back
+    assert node.counters['frame_id_changes'] == 2
+    err = capfd.readouterr().err
+    assert 'frame_id changed from' in err and 'unsupported encoding' in err
+    assert max(len(line) for line in err.splitlines()) < 2000
+
+
 # -- issue 14.1: input_reliability auto -----------------------------------------------------------
 
 def _node_reliability(h, cam='left'):
