@@ -106,6 +106,8 @@ class TimeJump:
 
     def describe(self) -> str:
         """Say what happened in a few words, e.g. 'left stamps jumped back 35.000 s'."""
+        if self.delta_ns == 0:  # a driver that does not advance its stamps (counted as back)
+            return f'{self.key} repeated the stamp {self.to_ns} ns'
         direction = 'back' if self.delta_ns < 0 else 'forward'
         return f'{self.key} stamps jumped {direction} {abs(self.delta_ns) / 1e9:.3f} s'
 

@@ -256,6 +256,17 @@ def test_one_pair_stamped_far_in_the_future_does_not_poison_the_pairer():
     assert stats.last_jump.describe() == 'left stamps jumped back 3599.941 s'
 
 
+def test_a_repeated_stamp_is_described_as_repeated_not_as_a_jump_forward():
+    # A driver that never advances its stamp: the reset counts as a jump back, so the words
+    # must not say 'jumped forward 0.000 s'.
+    pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
+    stamp = 100 * S
+    assert _stream(pairer, [stamp] * 3) == [stamp, stamp]  # every other pair, after a reset
+    stats = pairer.stats
+    assert stats.jumps_back == 1 and stats.jumps_forward == 0
+    assert stats.last_jump.describe() == f'left repeated the stamp {stamp} ns'
+
+
 @pytest.mark.parametrize('back_s', [30.0, 0.5])
 def test_bag_loop_or_small_step_back_resumes_within_two_pairs(back_s):
     pairer = StampPairer(['left', 'right'], tolerance_ns=5 * MS, jump_ns=S)
