@@ -75,6 +75,7 @@ from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -239,6 +240,7 @@ class SegmentNode(LifecycleNode):
         seg = None
         try:
             params = read_params(self)
+            self._check_topic_names(params)
             space = get_label_space(params.label_space, params.label_map)
             start = time.perf_counter()
             seg = self._factory(params)
@@ -284,6 +286,29 @@ class SegmentNode(LifecycleNode):
             log.info(f'no semantic/points: stereo_cameras {list(params.stereo_cameras)} are '
                      f'not both in cameras')
         return super().on_configure(state)
+
+    def _check_topic_names(self, params: NodeParams) -> None:
+        """Refuse camera names whose topics rcl would refuse, before the model is built.
+
+        ``cameras`` accepts any relative name, but a full topic name has at most 247
+        characters: creating the publishers raised, and rclpy turned that into a configure
+        ERROR without a word (no log line, nothing in /diagnostics).
+
+        Raises:
+            ConfigError: naming the camera, the topic and rcl's reason.
+        """
+        for cam in params.cameras:
+            for name in (image_topic(cam, params.input_transport), f'{cam}/camera_info',
+                         *(f'{cam}/semantic/{out}' for out in OUTPUTS)):
+                try:
+                    validate_full_topic_name(self.resolve_topic_name(name))
+                except Exception as exc:  # noqa: B902 -- rclpy's InvalidTopicNameException
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+                    raise ConfigError(
+                        f'cameras: {clip_text(repr(cam), 200)} gives the topic '
+                        f'{clip_text(self.get_namespace().rstrip("/") + "/" + name, 300)}, '
+                        f'which rcl refuses ({clip_text(reason, 200)}); use a shorter camera '
+                        'name or namespace') from None
 
     def _publisher(self, msg_type: Any, topic: str) -> Any:
         qos = output_qos()

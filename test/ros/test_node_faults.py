@@ -481,6 +481,24 @@ def test_configure_errors_name_parameters_not_command_line_flags(harness):
     assert '--weights' not in message
 
 
+def test_a_camera_name_too_long_for_a_topic_fails_configure_with_a_reason(harness):
+    """Before: rcl refused the topic, and rclpy made that a silent configure ERROR."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    built = []
+    h = harness(factory=lambda p: built.append(p) or StandIn(),
+                overrides={'cameras': ['x' * 300, 'left']})
+    node = h.seg_node
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    message = node.diagnostics().message
+    assert "cameras: 'xxx" in message and 'which rcl refuses (' in message
+    assert 'topic length should not exceed' in message
+    assert 'use a shorter camera name or namespace' in message and len(message) < 1500
+    assert not built and node.state == 'unconfigured'
+    assert node.set_parameters([Parameter('cameras', value=['left'])])[0].successful
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+
+
 def test_configure_log_lists_the_point_cloud_output(harness, capfd):
     h = harness(factory=lambda p: StandIn())
     h.start()
