@@ -41,10 +41,17 @@ from cityseg_ros.worker import LatencyWindow
 import numpy as np
 from sensor_msgs.msg import CameraInfo
 
-__all__ = ['PointsOutput', 'camera_info_problem', 'MAX_CAMERA_INFO_SIDE']
+__all__ = ['PointsOutput', 'camera_info_problem', 'MAX_CAMERA_INFO_SIDE', 'MAX_DISTORTION',
+           'MAX_DISTORTION_MODEL']
 
 #: Largest width or height a CameraInfo may claim (the node's network input cap is 8192).
 MAX_CAMERA_INFO_SIDE = 65536
+#: Most distortion coefficients kept (OpenCV's richest model has 14, ROS's plumb_bob 5). The
+#: kept CameraInfo is copied into every C/semantic/camera_info: one with a 16 MB ``d`` added
+#: ~75 ms to every later frame.
+MAX_DISTORTION = 64
+#: Longest ``distortion_model`` name kept (ROS's are 'plumb_bob', 'rational_polynomial' ...).
+MAX_DISTORTION_MODEL = 256
 THROTTLE_S = 5.0
 
 Count = Callable[[str], None]
@@ -53,13 +60,19 @@ Count = Callable[[str], None]
 def camera_info_problem(msg: CameraInfo) -> Optional[str]:
     """Say why a CameraInfo cannot describe a camera, or None when it can be kept.
 
-    Only what no calibration can have: non-finite numbers in K or P, and an image size of
-    zero or beyond :data:`MAX_CAMERA_INFO_SIDE`. Whether the pair can make a cloud is
-    :meth:`StereoModel.check`'s question, asked per pair.
+    Only what no calibration can have: non-finite numbers in K or P, an image size of zero or
+    beyond :data:`MAX_CAMERA_INFO_SIDE`, and a ``d`` or ``distortion_model`` longer than any
+    model's (:data:`MAX_DISTORTION`, :data:`MAX_DISTORTION_MODEL`). Whether the pair can make
+    a cloud is :meth:`StereoModel.check`'s question, asked per pair.
     """
     width, height = int(msg.width), int(msg.height)
     if not (0 < width <= MAX_CAMERA_INFO_SIDE and 0 < height <= MAX_CAMERA_INFO_SIDE):
         return (f'size {width}x{height} is outside 1..{MAX_CAMERA_INFO_SIDE} px per side')
+    if len(msg.d) > MAX_DISTORTION:
+        return f'D has {len(msg.d)} coefficients, more than the {MAX_DISTORTION} any model uses'
+    if len(msg.distortion_model) > MAX_DISTORTION_MODEL:
+        return (f'distortion_model is {len(msg.distortion_model)} characters long (at most '
+                f'{MAX_DISTORTION_MODEL})')
     for name in ('k', 'p'):
         values = np.asarray(getattr(msg, name), dtype=np.float64)
         if not np.isfinite(values).all():

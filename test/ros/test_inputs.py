@@ -71,6 +71,16 @@ def test_camera_info_problems():
     bad = camera_info('left', 1)
     bad.height = 0
     assert 'size 128x0 is outside' in camera_info_problem(bad)
+    # Kept and copied into every C/semantic/camera_info: a 16 MB D cost ~75 ms per frame.
+    rich = camera_info('left', 1)
+    rich.d, rich.distortion_model = [0.0] * 14, 'rational_polynomial'
+    assert camera_info_problem(rich) is None
+    bad = camera_info('left', 1)
+    bad.d = [0.0] * 2_000_000
+    assert 'D has 2000000 coefficients, more than the 64' in camera_info_problem(bad)
+    bad = camera_info('left', 1)
+    bad.distortion_model = 'x' * 100_000
+    assert 'distortion_model is 100000 characters long' in camera_info_problem(bad)
 
 
 @pytest.mark.parametrize('library,node', [
