@@ -135,14 +135,18 @@ class LivePairer:
         if out != previous:
             gone = [cam for cam in out if cam not in previous]
             back = [cam for cam in previous if cam not in out]
+            # Throttled: a camera slower than camera_timeout_s flaps out and back at its rate
+            # (16 lines/s at 0.01 s); /diagnostics (C/left_out, the message) has the state.
             if gone:
                 self._log.warning(
                     f'no images from {", ".join(gone)} for {self._timeout_s:g} s or more '
                     f'(camera_timeout_s): segmenting the other cameras without '
                     f'{"it" if len(gone) == 1 else "them"} until '
-                    f'{"it sends" if len(gone) == 1 else "they send"} again')
+                    f'{"it sends" if len(gone) == 1 else "they send"} again',
+                    throttle_duration_sec=THROTTLE_S)
             if back:
-                self._log.info(f'{", ".join(back)} sends again: back in the groups')
+                self._log.info(f'{", ".join(back)} sends again: back in the groups',
+                               throttle_duration_sec=THROTTLE_S)
         return [cam for cam in self._cameras if cam not in out] if out else None
 
     def clear(self) -> None:

@@ -165,6 +165,27 @@ def test_a_dead_camera_is_left_out_of_sync_exact_groups_and_comes_back(harness):
     assert model.calls[-1] == (6, False) and node.state == 'active'
 
 
+def test_a_camera_that_flaps_out_and_back_is_logged_throttled(harness, capfd):
+    """A camera slower than camera_timeout_s went out and back at its rate: 2 lines each time."""
+    h = harness(factory=lambda p: StandIn(), overrides={'camera_timeout_s': 0.01})
+    h.listen('left/semantic/labels')
+    h.start()
+    h.wait_connected()
+    image = np.zeros((64, 128, 3), np.uint8)
+    base = now_ns(h.io)
+    capfd.readouterr()
+    for i in range(60):
+        stamp = base + i * S // 30
+        h.pubs['left'].publish(make_image(image, stamp, 'left_optical'))
+        if i % 5 == 0:  # right at a fifth of left's rate: left out and back every 5 frames
+            h.pubs['right'].publish(make_image(image, stamp, 'right_optical'))
+        h.spin_until(lambda: False, timeout=0.02)
+    assert h.seg_node.counters['right_left_out'] >= 10
+    err = capfd.readouterr().err
+    assert 1 <= err.count('no images from right for 0.01 s') <= 2, err
+    assert err.count('right sends again: back in the groups') <= 2, err
+
+
 def test_a_dead_camera_with_sync_none_leaves_the_others_flowing(harness):
     h = rig(harness, StandIn(), sync='none')
     h.listen(*[f'{cam}/semantic/labels' for cam in RIG])
