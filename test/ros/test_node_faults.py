@@ -169,7 +169,9 @@ def test_point_cloud_error_is_not_a_segmentation_failure(harness, stereo_pair):
     stamp = now_ns(h.io)
     h.publish_pair(stereo_pair, stamp)
     assert h.spin_until(lambda: h.received['left/semantic/labels'])
-    assert h.spin_until(lambda: node.counters.get('points_failed') == 1)
+    # The worker counts the pair as published after the cloud step: wait for both counters.
+    assert h.spin_until(lambda: node.counters.get('points_failed') == 1
+                        and node.counters.get('published_pairs') == 1)
     diag = values(node)
     assert diag['failed_pairs'] == '0' and diag['published_pairs'] == '1'
     assert diag['points_failed'] == '1' and diag['latency_p50_ms'] != 'n/a'
