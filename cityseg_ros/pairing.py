@@ -228,8 +228,9 @@ class StampPairer:
         if required is None:
             wanted = self._keys
         else:
-            wanted = tuple(k for k in self._keys if k in set(required))
-            if key not in wanted or len(wanted) != len(set(required)):
+            named = set(required)
+            wanted = tuple(k for k in self._keys if k in named)
+            if key not in wanted or len(wanted) != len(named):
                 raise KeyError(f'required keys {list(required)} must be keys of this pairer '
                                f'({list(self._keys)}) and hold {key!r}')
         stamp_ns = int(stamp_ns)
